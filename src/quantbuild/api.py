@@ -1,0 +1,57 @@
+"""Pure functions behind every stage and CLI command. The CLI and stages/ only parse arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import Params, check_against_model, load_params, model_source_kind
+from .errors import ConfigError, NotImplementedStageError
+
+DEFAULT_PARAMS = "params.yaml"
+BASE_MODEL_DIR = "build/base/model"
+
+
+def _model_config_for_checks(params: Params, model_dir: str | Path | None) -> dict[str, Any] | None:
+    """The base model's config.json when it is at hand without downloading anything."""
+    candidates = [Path(model_dir)] if model_dir else []
+    if model_source_kind(params.base.source) == "folder":
+        candidates.append(Path(params.base.source.removeprefix("file://")))
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return json.loads((folder / "config.json").read_text())
+    return None
+
+
+def check(params_path: str | Path = DEFAULT_PARAMS, model_dir: str | Path | None = BASE_MODEL_DIR) -> Params:
+    """Validate params.yaml; with the base model's config at hand, also check shapes against it."""
+    params = load_params(params_path)
+    config = _model_config_for_checks(params, model_dir)
+    if config is not None:
+        problems = check_against_model(params, config)
+        if problems:
+            raise ConfigError(problems)
+    return params
+
+
+def fetch(params_path: str | Path = DEFAULT_PARAMS, out_dir: str | Path = BASE_MODEL_DIR,
+          record_path: str | Path = "build/base/fetch.json") -> dict[str, Any]:
+    from ._fetch import fetch_model
+
+    params = load_params(params_path)
+    return fetch_model(params.base, out_dir, record_path)
+
+
+def calibrate(params_path: str | Path = DEFAULT_PARAMS, model_dir: str | Path = BASE_MODEL_DIR,
+              out_dir: str | Path = "build/calibration") -> dict[str, Any]:
+    from ._calibrate import calibrate as build
+
+    params = check(params_path, model_dir)
+    out = Path(out_dir)
+    return build(params.calibration, model_dir, out / "calibration.jsonl", out / "heldout.jsonl", out / "stats.json")
+
+
+def not_implemented(stage: str, issue: str) -> None:
+    raise NotImplementedStageError(f"{stage}: not implemented yet ({issue}); run the stages before it with "
+                                   f"`dvc repro calibrate`, or remove the stage's variants from params.yaml")

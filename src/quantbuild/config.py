@@ -1,0 +1,320 @@
+"""params.yaml as typed dataclasses, one per section, validated before any heavy work.
+
+Each pipeline stage reads only its own section; `load_params` validates the whole file so that a
+mistake anywhere stops `dvc repro` before minutes of quantization are spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from ._schema import Problems, did_you_mean, load_dataclass, show
+from .errors import ConfigError
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+MODEL_SCHEMES = ("hf://", "pkg://", "file://")
+BUILTIN_TEXTS = ("lee-news", "wikipedia", "pydoc-topics")
+
+# method -> (allowed bits, allowed backends (first is the default))
+METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
+    "gptq": ((2, 3, 4, 8), ("gptqmodel", "llmcompressor")),
+    "awq": ((4,), ("llmcompressor", "autoawq")),
+    "fp8": ((8,), ("llmcompressor",)),
+    "int8": ((8,), ("llmcompressor",)),
+}
+GROUP_SIZES = (32, 64, 128, -1)
+
+
+def model_source_kind(source: str) -> str:
+    """'hf', 'pkg', 'gguf' or 'folder' for a base.source string; ValueError for an unknown scheme."""
+    if source.startswith("hf://"):
+        return "hf"
+    if source.startswith("pkg://"):
+        return "pkg"
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) and not source.startswith("file://"):
+        raise ValueError(source.split("://")[0] + "://")
+    path = source[len("file://"):] if source.startswith("file://") else source
+    return "gguf" if path.endswith(".gguf") else "folder"
+
+
+@dataclass
+class BaseConfig:
+    source: str = field(metadata={"help": "e.g. hf://HuggingFaceTB/SmolLM2-135M-Instruct"})
+    revision: Optional[str] = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    def check(self, path: str, problems: Problems) -> None:
+        try:
+            kind = model_source_kind(self.source)
+        except ValueError as exc:
+            problems.add(f"{path}.source", f"unknown scheme {str(exc)!r} in {show(self.source)} "
+                         "(use hf://org/name, pkg://package/file.gguf, a local folder or a .gguf path)")
+            return
+        if kind == "hf":
+            repo = self.source[len("hf://"):]
+            if not REPO_ID_RE.match(repo):
+                problems.add(f"{path}.source", f"{show(self.source)} is not a Hub repo id (write hf://org/name)")
+            if not self.revision:
+                problems.add(f"{path}.revision", "is required for hf:// sources (a branch, a tag or a 40-hex "
+                             "commit sha; a sha pins the model for good)")
+        elif kind == "pkg" and self.source.count("/") < 3:
+            problems.add(f"{path}.source", f"{show(self.source)} must name a file inside a package "
+                         "(pkg://package/file.gguf)")
+
+
+@dataclass
+class CalibrationSource:
+    uri: str = field(metadata={"help": "builtin://lee-news, hf://org/dataset or a local file/glob"})
+    config: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None
+    text_field: Optional[str] = None
+    max_docs: Optional[int] = None
+
+    def check(self, path: str, problems: Problems) -> None:
+        if self.uri.startswith("builtin://"):
+            name = self.uri[len("builtin://"):]
+            if name not in BUILTIN_TEXTS:
+                problems.add(f"{path}.uri", f"unknown built-in text {name!r}{did_you_mean(name, BUILTIN_TEXTS)}; "
+                             f"built-ins: {', '.join(BUILTIN_TEXTS)}")
+        elif self.uri.startswith("hf://"):
+            repo = self.uri[len("hf://"):].removeprefix("datasets/")
+            if not REPO_ID_RE.match(repo):
+                problems.add(f"{path}.uri", f"{show(self.uri)} is not a Hub dataset id (write hf://org/name)")
+        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", self.uri) and not self.uri.startswith("file://"):
+            problems.add(f"{path}.uri", f"unknown scheme in {show(self.uri)} "
+                         "(use builtin://NAME, hf://org/dataset or a local path)")
+        if self.max_docs is not None and self.max_docs <= 0:
+            problems.add(f"{path}.max_docs", f"{self.max_docs} must be positive (or remove it for no limit)")
+
+
+@dataclass
+class CalibrationConfig:
+    sources: list[CalibrationSource] = field(default_factory=lambda: [CalibrationSource("builtin://lee-news")])
+    n_samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+    chat_template: bool = False
+    text_field: str = "text"
+    heldout_share: float = 0.1
+    heldout_max_docs: Optional[int] = 64
+    packing: Literal["pack", "truncate"] = "pack"
+    dedupe: bool = True
+    min_chars: int = 64
+
+    def check(self, path: str, problems: Problems) -> None:
+        if not self.sources:
+            problems.add(f"{path}.sources", "is empty (list at least one source, e.g. - uri: builtin://lee-news)")
+        if self.n_samples <= 0:
+            problems.add(f"{path}.n_samples", f"{self.n_samples} must be positive (128 is the usual minimum; "
+                         "512-1024 advised)")
+        if self.seq_len < 16:
+            problems.add(f"{path}.seq_len", f"{self.seq_len} is too short (use 512-2048 tokens)")
+        if not 0.0 < self.heldout_share < 0.9:
+            problems.add(f"{path}.heldout_share", f"{self.heldout_share} must be above 0 and below 0.9 "
+                         "(0.1 keeps a tenth of the documents for evaluation)")
+        if self.heldout_max_docs is not None and self.heldout_max_docs <= 0:
+            problems.add(f"{path}.heldout_max_docs", f"{self.heldout_max_docs} must be positive or null")
+        if self.min_chars < 0:
+            problems.add(f"{path}.min_chars", f"{self.min_chars} must be 0 or more")
+
+
+@dataclass
+class VariantConfig:
+    method: Literal["gptq", "awq", "fp8", "int8"] = field(metadata={"help": "gptq, awq, fp8 or int8"})
+    backend: Optional[str] = None
+    bits: Optional[int] = None
+    group_size: Optional[int] = None
+    sym: Optional[bool] = None
+    damp_percent: Optional[float] = None
+    desc_act: Optional[bool] = None
+    batch_size: Optional[int] = None
+    scheme: Optional[str] = None
+    kv_cache_dtype: Optional[Literal["auto", "fp8"]] = None
+    keep: list[str] = field(default_factory=list)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_samples: Optional[int] = None
+    description: Optional[str] = None
+
+    @property
+    def resolved_backend(self) -> str:
+        return self.backend or METHODS[self.method][1][0]
+
+    def check(self, path: str, problems: Problems) -> None:
+        bits_ok, backends = METHODS[self.method]
+        if self.backend is not None and self.backend not in backends:
+            problems.add(f"{path}.backend", f"{self.backend!r} cannot run {self.method}"
+                         f"{did_you_mean(self.backend, backends)}; choose {' or '.join(backends)}")
+        if self.bits is not None and self.bits not in bits_ok:
+            problems.add(f"{path}.bits", f"{self.method} cannot do {self.bits}-bit "
+                         f"(allowed: {', '.join(map(str, bits_ok))})")
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
+            problems.add(f"{path}.group_size", f"{self.group_size} is not supported "
+                         f"(use {', '.join(map(str, GROUP_SIZES))}; -1 means per-channel)")
+        if self.group_size is not None and self.method in ("fp8",):
+            problems.add(f"{path}.group_size", "fp8 has no group size (remove the key)")
+        if self.damp_percent is not None and not 0.0 < self.damp_percent < 1.0:
+            problems.add(f"{path}.damp_percent", f"{self.damp_percent} must be between 0 and 1 (0.01 is typical)")
+        for key in ("batch_size", "n_samples"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                problems.add(f"{path}.{key}", f"{value} must be positive")
+        for i, pattern in enumerate(self.keep):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problems.add(f"{path}.keep[{i}]", f"{show(pattern)} is not a valid regular expression ({exc})")
+
+
+@dataclass
+class GateConfig:
+    min_recovery: float = 0.9
+    metrics: dict[str, float] = field(default_factory=dict)
+    variants: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    engine: Literal["vllm", "hf"] = "vllm"
+    tasks: list[str] = field(default_factory=lambda: ["heldout_perplexity"])
+    limit: Optional[int] = None
+    num_fewshot: Optional[int] = None
+    seed: int = 1234
+    batch_size: int = 8
+    max_model_len: int = 2048
+    apply_chat_template: bool = False
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def check(self, path: str, problems: Problems) -> None:
+        if self.limit is not None and self.limit <= 0:
+            problems.add(f"{path}.limit", f"{self.limit} must be positive (or null for the whole task)")
+        for key in ("batch_size", "max_model_len", "tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, key) <= 0:
+                problems.add(f"{path}.{key}", f"{getattr(self, key)} must be positive")
+        thresholds = [("min_recovery", self.gate.min_recovery)]
+        thresholds += [(f"metrics.{k}", v) for k, v in self.gate.metrics.items()]
+        thresholds += [(f"variants.{n}.{k}", v) for n, m in self.gate.variants.items() for k, v in m.items()]
+        for key, value in thresholds:
+            if not (0.0 < value <= 2.0) or math.isnan(value):
+                problems.add(f"{path}.gate.{key}", f"{value} must be in (0, 2] (a recovery ratio; 0.95 keeps 95%)")
+
+
+@dataclass
+class CardConfig:
+    template: Optional[str] = None
+    language: list[str] = field(default_factory=lambda: ["en"])
+    tags: list[str] = field(default_factory=list)
+    license: Optional[str] = None
+
+
+@dataclass
+class PublishConfig:
+    enabled: bool = False
+    namespace: Optional[str] = None
+    repo_template: str = "{base}-{variant}"
+    private: bool = False
+    layout: Literal["repo-per-variant", "branch-per-variant"] = "repo-per-variant"
+    version: str = "v0.1.0"
+
+    def check(self, path: str, problems: Problems) -> None:
+        if not re.match(r"^v\d+\.\d+\.\d+$", self.version):
+            problems.add(f"{path}.version", f"{show(self.version)} must look like v1.2.3 (semantic version)")
+        if self.enabled and not self.namespace:
+            problems.add(f"{path}.namespace", "is required when publish.enabled is true (your Hub user or org)")
+
+
+@dataclass
+class Params:
+    base: BaseConfig = field(metadata={"help": "the model to quantize; see README"})
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    variants: dict[str, VariantConfig] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+
+    def check(self, path: str, problems: Problems) -> None:
+        for name in self.variants:
+            if not VARIANT_NAME_RE.match(name):
+                problems.add(f"variants.{name}", "variant names must be lower-case letters, digits, '.', '_' "
+                             "or '-' (they name folders, DVC stages and Hub repos)")
+        for name in self.eval.gate.variants:
+            if name not in self.variants:
+                problems.add(f"eval.gate.variants.{name}", f"no such variant{did_you_mean(name, self.variants)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_params(data: Any, *, origin: str = "params.yaml") -> Params:
+    problems = Problems()
+    if not isinstance(data, dict):
+        raise ConfigError([f"{origin}: must be a mapping with sections base, calibration, variants, eval, card, publish"])
+    params = load_dataclass(Params, data, "", problems)
+    if problems:
+        raise ConfigError(problems.lines)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: not found (run from the project root or pass --params)"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}:{where}: invalid YAML: {problem}"]) from None
+    return parse_params(data, origin=str(path))
+
+
+# --- checks that need the base model's shapes -------------------------------------------------
+
+def _suggest_group_sizes(widths: list[int]) -> str:
+    g = math.gcd(*widths)
+    fits = [s for s in range(32, min(g, 512) + 1, 32) if g % s == 0]
+    if not fits:
+        return "use -1 (per-channel)"
+    shown = [s for s in fits if s & (s - 1) == 0][:2]  # powers of two first, then the widest fit
+    if fits[-1] not in shown:
+        shown.append(fits[-1])
+    return "try " + (", ".join(map(str, shown[:-1])) + " or " + str(shown[-1]) if len(shown) > 1 else str(shown[0]))
+
+
+def check_against_model(params: Params, model_config: dict[str, Any]) -> list[str]:
+    """Problems that need the base model's config.json: group sizes and sequence length."""
+    from ._model_shapes import linear_in_features, max_positions
+
+    problems = Problems()
+    widths = linear_in_features(model_config)
+    limit = max_positions(model_config)
+    if limit is not None and params.calibration.seq_len > limit:
+        problems.add("calibration.seq_len", f"{params.calibration.seq_len} is above the model's maximum "
+                     f"{limit} (max_position_embeddings); lower it")
+    if widths:
+        for name, variant in params.variants.items():
+            gs = variant.group_size
+            if gs is None or gs == -1:
+                continue
+            bad = sorted({w for w in widths.values() if w % gs})
+            if bad:
+                keep_hint = _suggest_group_sizes(list(widths.values()))
+                problems.add(f"variants.{name}.group_size", f"{gs} must divide in_features "
+                             f"{' and '.join(map(str, bad))} ({keep_hint})")
+    return problems.lines
