@@ -138,13 +138,31 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
 
     reader = GGUFReader(str(path))
     wanted = ("general.name", "general.license", "general.architecture", "general.basename",
-              "general.base_model.0.repo_url", "general.base_model.0.name", "general.quantized_by")
+              "general.base_model.0.repo_url", "general.base_model.0.name", "general.quantized_by",
+              "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id")
     out: dict[str, Any] = {}
     for key in wanted:
         field = reader.fields.get(key)
         if field is not None:
             out[key] = field.contents()
     return out
+
+
+def _fix_gguf_special_tokens(tokenizer, meta: dict[str, Any], max_positions: int | None) -> None:
+    """transformers 5.x's GGUF tokenizer conversion can name the wrong EOS token (SmolLM2's comes out
+    as <|im_start|> while the GGUF says id 2, <|im_end|>): take the special tokens from the GGUF's own
+    metadata, so generation stops where the model was trained to stop."""
+    for role in ("bos", "eos"):
+        token_id = meta.get(f"tokenizer.ggml.{role}_token_id")
+        if token_id is not None:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
+    pad_id = meta.get("tokenizer.ggml.padding_token_id")
+    if pad_id is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(int(pad_id))
+    if max_positions:
+        tokenizer.model_max_length = max_positions
+    # BPE tokenizers must not "clean up" spaces before punctuation when decoding (it corrupts text).
+    tokenizer.clean_up_tokenization_spaces = False
 
 
 def _fetch_gguf(base: BaseConfig, staging: Path) -> dict[str, Any]:
@@ -168,10 +186,11 @@ def _fetch_gguf(base: BaseConfig, staging: Path) -> dict[str, Any]:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
     except Exception as exc:
         raise SourceError(f"base.source: cannot read GGUF {path.name}: {str(exc).splitlines()[0][:200]}") from None
+    meta = _gguf_metadata(path)
+    _fix_gguf_special_tokens(tokenizer, meta, model.config.max_position_embeddings)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     log(STAGE, f"converted in {time.monotonic() - start:.0f}s")
-    meta = _gguf_metadata(path)
     return {"gguf": {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size, **provenance,
                      "metadata": meta}, "converted_from": "gguf", "dtype": dtype}
 

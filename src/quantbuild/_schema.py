@@ -145,6 +145,7 @@ def load_dataclass(cls: type, data: Any, path: str, problems: Problems) -> Any:
     except TypeError as exc:  # pragma: no cover - a schema bug, not a user error
         raise TypeError(f"{cls.__name__}: {exc}") from exc
     check = getattr(obj, "check", None)
-    if check is not None and len(problems.lines) == before:  # only check what typed cleanly
+    if check is not None and (len(problems.lines) == before or getattr(cls, "check_always", False)):
+        # checks see only what typed cleanly, unless they guard themselves (check_always)
         check(path, problems)
     return obj

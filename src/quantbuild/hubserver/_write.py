@@ -56,7 +56,12 @@ class WriteRoutes:
         body = self._json_body()
         errors = validate_card(str(body.get("content", "")), body.get("repoType") or "model")
         if errors:
-            self._send(400, "; ".join(errors).encode(), {"X-Error-Message": errors[0]}, "text/plain")
+            # ModelCard.validate asks for text/plain and shows the text; HfApi reads JSON "errors".
+            if "text/plain" in self.headers.get("Accept", ""):
+                self._send(400, "; ".join(errors).encode(), {"X-Error-Message": errors[0]}, "text/plain")
+            else:
+                self._json({"error": "; ".join(errors), "errors": [{"message": e} for e in errors], "warnings": []},
+                           400, {"X-Error-Message": errors[0]})
             return
         self._json({"errors": [], "warnings": []})
 

