@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import struct
 import time
@@ -16,6 +15,7 @@ from typing import Any
 from . import __version__
 from ._io import atomic_outputs, file_manifest, sha256_file, write_json
 from ._progress import log
+from ._retry import with_retries
 from .config import BaseConfig, model_source_kind
 from .errors import SourceError
 
@@ -86,7 +86,7 @@ def _fetch_hub(base: BaseConfig, staging: Path) -> dict[str, Any]:
     revision = base.revision or "main"
     api = HfApi()
     try:
-        info = api.model_info(repo, revision=revision)
+        info = with_retries(lambda: api.model_info(repo, revision=revision), stage=STAGE, what="model info")
     except Exception as exc:  # every client error becomes one clear line
         raise _hub_error(exc, repo, revision) from None
     names = [s.rfilename for s in (info.siblings or [])]
@@ -94,7 +94,8 @@ def _fetch_hub(base: BaseConfig, staging: Path) -> dict[str, Any]:
     log(STAGE, f"hf://{repo}@{revision} -> commit {info.sha}; downloading from {constants.ENDPOINT}")
     try:
         # Download at the resolved sha, never the moving ref: what we record is what we got.
-        snapshot_download(repo, revision=info.sha, allow_patterns=allow_patterns(base), local_dir=staging)
+        with_retries(lambda: snapshot_download(repo, revision=info.sha, allow_patterns=allow_patterns(base),
+                                               local_dir=staging), stage=STAGE, what="download")
     except Exception as exc:
         raise _hub_error(exc, repo, revision) from None
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's local_dir bookkeeping
