@@ -52,6 +52,17 @@ def calibrate(params_path: str | Path = DEFAULT_PARAMS, model_dir: str | Path = 
     return build(params.calibration, model_dir, out / "calibration.jsonl", out / "heldout.jsonl", out / "stats.json")
 
 
+def quantize(name: str, params_path: str | Path = DEFAULT_PARAMS, base_dir: str | Path = BASE_MODEL_DIR,
+             calib_path: str | Path = "build/calibration/calibration.jsonl",
+             out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Quantize one variant into build/variants/<name>/{model, quantize.json}."""
+    from .quantize._run import quantize_variant
+
+    params = check(params_path, base_dir)
+    out = Path(out_dir) if out_dir else Path("build/variants") / name
+    return quantize_variant(params, name, base_dir, calib_path, out / "model", out / "quantize.json")
+
+
 def not_implemented(stage: str, issue: str) -> None:
     raise NotImplementedStageError(f"{stage}: not implemented yet ({issue}); run the stages before it with "
                                    f"`dvc repro calibrate`, or remove the stage's variants from params.yaml")

@@ -170,6 +170,36 @@ class VariantConfig:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 problems.add(f"{path}.{key}", f"{value} must be positive")
+        schemes = {"fp8": ("dynamic", "static"), "int8": ("w8a8", "w8a16")}.get(self.method)
+        if self.scheme is not None and schemes is None:
+            problems.add(f"{path}.scheme", f"{self.method} takes no scheme (remove the key; bits and group_size set it)")
+        elif self.scheme is not None and self.scheme not in schemes:
+            problems.add(f"{path}.scheme", f"{self.scheme!r} is not a {self.method} scheme{did_you_mean(self.scheme, schemes)}; "
+                         f"choose {' or '.join(schemes)}")
+        if self.kv_cache_dtype == "fp8" and self.method != "fp8":
+            problems.add(f"{path}.kv_cache_dtype", "an FP8 KV cache is offered with method fp8 only (remove the key)")
+        if self.desc_act is not None and self.method != "gptq":
+            problems.add(f"{path}.desc_act", f"act-order applies to gptq only, not {self.method} (remove the key)")
+        if self.sym is False and self.method in ("fp8", "int8"):
+            problems.add(f"{path}.sym", f"{self.method} is symmetric only (remove the key)")
+        if self.overrides and self.resolved_backend != "gptqmodel":
+            problems.add(f"{path}.overrides", f"per-module bits/group size need backend gptqmodel, not "
+                         f"{self.resolved_backend} (use keep: to leave modules unquantized instead)")
+        for pattern, override in self.overrides.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problems.add(f"{path}.overrides.{pattern}", f"is not a valid regular expression ({exc})")
+            for key, value in override.items():
+                if key == "bits" and value not in bits_ok:
+                    problems.add(f"{path}.overrides.{pattern}.bits", f"{show(value)} must be one of "
+                                 f"{', '.join(map(str, bits_ok))}")
+                elif key == "group_size" and value not in GROUP_SIZES:
+                    problems.add(f"{path}.overrides.{pattern}.group_size", f"{show(value)} must be one of "
+                                 f"{', '.join(map(str, GROUP_SIZES))}")
+                elif key not in ("bits", "group_size"):
+                    problems.add(f"{path}.overrides.{pattern}.{key}", f"unknown key{did_you_mean(key, ['bits', 'group_size'])}"
+                                 "; overrides take bits and group_size")
         for i, pattern in enumerate(self.keep):
             try:
                 re.compile(pattern)
@@ -310,8 +340,10 @@ def check_against_model(params: Params, model_config: dict[str, Any]) -> list[st
         problems.add("calibration.seq_len", f"{params.calibration.seq_len} is above the model's maximum "
                      f"{limit} (max_position_embeddings); lower it")
     if widths:
+        from .quantize._common import DEFAULTS
+
         for name, variant in params.variants.items():
-            gs = variant.group_size
+            gs = variant.group_size if variant.group_size is not None else DEFAULTS[variant.method].get("group_size")
             if gs is None or gs == -1:
                 continue
             bad = sorted({w for w in widths.values() if w % gs})

@@ -1,0 +1,148 @@
+"""What every backend adapter shares: the job description, resolved settings, module selection,
+calibration loading and console progress (layer i of n, elapsed, time left)."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._progress import fmt_seconds, log
+from ..config import VariantConfig
+from ..errors import ConfigError
+
+STAGE = "quantize"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "gptq": {"bits": 4, "group_size": 128, "sym": True, "desc_act": False, "damp_percent": 0.01, "batch_size": 1},
+    "awq": {"bits": 4, "group_size": 128, "sym": False, "batch_size": 1},
+    "fp8": {"bits": 8, "scheme": "dynamic", "kv_cache_dtype": "auto"},
+    "int8": {"bits": 8, "scheme": "w8a8", "sym": True, "damp_percent": 0.01, "batch_size": 1,
+             "smoothing_strength": 0.8},
+}
+
+
+def resolve_settings(variant: VariantConfig) -> dict[str, Any]:
+    """The method's defaults with the variant's own values on top (what the record and card show)."""
+    settings = dict(DEFAULTS[variant.method])
+    for key in ("bits", "group_size", "sym", "desc_act", "damp_percent", "batch_size", "scheme", "kv_cache_dtype"):
+        value = getattr(variant, key)
+        if value is not None:
+            settings[key] = value
+    settings["backend"] = variant.resolved_backend
+    return settings
+
+
+@dataclass
+class QuantJob:
+    name: str
+    variant: VariantConfig
+    settings: dict[str, Any]
+    model_dir: Path
+    out_dir: Path
+    samples: list[list[int]]
+    seed: int
+    keep_modules: list[str]
+    linear_modules: list[str]
+    model_config: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)  # what the adapter reports for the record
+
+    @property
+    def where(self) -> str:
+        return f"variants.{self.name}"
+
+
+def safetensors_shapes(model_dir: Path) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+    return shapes
+
+
+def linear_modules(model_dir: Path) -> list[str]:
+    """Names of the decoder's linear layers (2-D weights inside `layers.N`), from the file headers."""
+    names = [k[: -len(".weight")] for k, shape in safetensors_shapes(model_dir).items()
+             if k.endswith(".weight") and len(shape) == 2 and re.search(r"\blayers\.\d+\.", k)]
+    return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+
+
+def resolve_keep(variant: VariantConfig, modules: list[str], where: str) -> list[str]:
+    """Modules kept at higher precision: every linear layer one of `keep`'s regexes finds."""
+    kept: list[str] = []
+    problems = []
+    for i, pattern in enumerate(variant.keep):
+        found = [m for m in modules if re.search(pattern, m)]
+        if not found:
+            example = modules[0] if modules else "model.layers.0.self_attn.q_proj"
+            problems.append(f"{where}.keep[{i}]: {pattern!r} matches no linear layer (names look like {example})")
+        kept += [m for m in found if m not in kept]
+    if problems:
+        raise ConfigError(problems)
+    if modules and len(kept) == len(modules):
+        raise ConfigError([f"{where}.keep: the patterns keep every linear layer; nothing would be quantized"])
+    return kept
+
+
+def load_samples(path: Path, n: int | None) -> list[list[int]]:
+    samples = [json.loads(line)["input_ids"] for line in path.read_text().splitlines() if line.strip()]
+    return samples[:n] if n else samples
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated decoder blocks of a transformers causal LM (model.model.layers for Llama-likes)."""
+    for path in ("model.layers", "model.model.layers", "model.decoder.layers", "transformer.h"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return list(obj)
+    return []
+
+
+class LayerProgress:
+    """Prints `layer i/n` with elapsed and estimated time left as calibration reaches each block."""
+
+    def __init__(self, layers: list[Any], what: str):
+        self.total, self.what = len(layers), what
+        self.start = time.monotonic()
+        self.seen: set[int] = set()
+        self.handles = [layer.register_forward_pre_hook(self._hook(i), with_kwargs=True)
+                        for i, layer in enumerate(layers)]
+
+    def _hook(self, index: int):
+        def hook(module, args, kwargs):
+            import torch
+
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if index in self.seen or not isinstance(hidden, torch.Tensor):
+                return None  # tracing passes proxies through; only real calibration counts
+            self.seen.add(index)
+            done = len(self.seen)
+            elapsed = time.monotonic() - self.start
+            left = elapsed / done * (self.total - done) if done > 1 else 0.0
+            eta = f", ~{fmt_seconds(left)} left" if done > 1 and done < self.total else ""
+            log(STAGE, f"{self.what}: layer {index + 1}/{self.total}, elapsed {fmt_seconds(elapsed)}{eta}")
+            return None
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def no_accelerator() -> bool:
+    import torch
+
+    accel = getattr(torch, "accelerator", None)
+    if accel is not None and hasattr(accel, "is_available"):
+        return not accel.is_available()
+    return not torch.cuda.is_available()

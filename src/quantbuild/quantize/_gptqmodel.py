@@ -1,0 +1,52 @@
+"""gptqmodel adapter: GPTQ in the `gptq` checkpoint format (vLLM loads it with no flags)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from .._progress import log
+from ._common import STAGE, LayerProgress, QuantJob, decoder_layers, no_accelerator
+
+
+def _cpu_workers() -> None:
+    """gptqmodel 7.6 sizes a 'model_loader:cpu' worker pool at 2 and fails on a 2-core machine ("requests
+    2 workers but parent 'cpu' only has 1") unless GPTQMODEL_CPU_WORKERS says how many CPU workers
+    exist. Only needed when there is no accelerator; must be set before gptqmodel is imported."""
+    if no_accelerator():
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, os.cpu_count() or 2)))
+
+
+def dynamic_rules(job: QuantJob) -> dict[str, dict[str, Any]] | None:
+    """gptqmodel's per-module rules: '-:' skips a module (kept in bf16), '+:' overrides bits/group size."""
+    rules: dict[str, dict[str, Any]] = {f"-:^{re.escape(m)}$": {} for m in job.keep_modules}
+    for pattern, override in job.variant.overrides.items():
+        rules[f"+:{pattern}"] = dict(override)
+    return rules or None
+
+
+def run(job: QuantJob) -> None:
+    _cpu_workers()
+    import torch
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    torch.manual_seed(job.seed)
+    s = job.settings
+    config = QuantizeConfig(bits=s["bits"], group_size=s["group_size"], desc_act=s["desc_act"], sym=s["sym"],
+                            damp_percent=s["damp_percent"], dynamic=dynamic_rules(job))
+    log(STAGE, f"{job.name}: gptqmodel GPTQ {s['bits']}-bit g{s['group_size']} on {len(job.samples)} samples")
+    model = GPTQModel.load(str(job.model_dir), config)
+    progress = LayerProgress(decoder_layers(model.model), job.name)
+    try:
+        model.quantize([{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in job.samples],
+                       batch_size=s["batch_size"])
+    finally:
+        progress.close()
+    model.save(str(job.out_dir))
+    job.extras["module_loss"] = [
+        {"module": f"model.layers.{row['layer']}.{row['module']}", "loss": float(row["loss"]),
+         "samples": int(row.get("samples") or 0)}
+        for row in (getattr(model, "quant_log", None) or []) if "loss" in row and "layer" in row
+    ] or None
+    job.extras["recipe_file"] = "quantize_config.json"

@@ -1,0 +1,111 @@
+"""The quantize stage: validate, pick the backend, run it into a temporary folder, record, rename."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .._io import atomic_outputs, folder_size, sha256_file, write_json
+from .._progress import fmt_seconds, log
+from ..config import Params
+from ..errors import ConfigError, EnvironmentSetupError
+from . import load_backend
+from ._common import STAGE, QuantJob, linear_modules, load_samples, resolve_keep, resolve_settings
+
+_warned: set[str] = set()
+VERSIONED = ("torch", "transformers", "llmcompressor", "compressed-tensors", "gptqmodel", "autoawq", "optimum",
+             "accelerate")
+CARRY_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+               "chat_template.jinja", "generation_config.json", "LICENSE", "LICENSE.txt", "NOTICE")
+
+
+def versions() -> dict[str, str]:
+    out = {"quantbuild": __version__}
+    for dist in VERSIONED:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _architecture_problem(backend: str, model_type: str) -> str | None:
+    if backend == "gptqmodel":
+        from gptqmodel.models.auto import MODEL_MAP
+
+        known = MODEL_MAP
+    elif backend == "autoawq":
+        from awq.models.auto import AWQ_CAUSAL_LM_MODEL_MAP
+
+        known = AWQ_CAUSAL_LM_MODEL_MAP
+    else:
+        return None  # llm-compressor infers layer mappings for any decoder
+    return None if model_type in known else f"{backend} does not support architecture {model_type!r}"
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path: str | Path,
+                     out_model: str | Path, out_record: str | Path) -> dict[str, Any]:
+    base_dir, calib_path = Path(base_dir), Path(calib_path)
+    if name not in params.variants:
+        raise ConfigError([f"variants.{name}: no such variant in params.yaml (variants: {', '.join(params.variants)})"])
+    variant = params.variants[name]
+    where = f"variants.{name}"
+    for path, hint in ((base_dir / "config.json", "dvc repro fetch"), (calib_path, "dvc repro calibrate")):
+        if not path.is_file():
+            raise EnvironmentSetupError(f"quantize@{name}: {path} is missing (run {hint} first)")
+    settings = resolve_settings(variant)
+    backend = settings["backend"]
+    run, spec = load_backend(variant.method, backend, where)
+    if spec.deprecated and backend not in _warned:
+        _warned.add(backend)
+        log(STAGE, f"warning: {spec.deprecated}")
+    model_config = json.loads((base_dir / "config.json").read_text())
+    problem = _architecture_problem(backend, str(model_config.get("model_type")))
+    if problem:
+        raise ConfigError([f"{where}.backend: {problem} (try backend: llmcompressor)"])
+    modules = linear_modules(base_dir)
+    keep = resolve_keep(variant, modules, where)
+    samples = load_samples(calib_path, variant.n_samples)
+    seed = params.calibration.seed
+    start = time.monotonic()
+    with atomic_outputs(out_model, out_record, field=f"quantize@{name} output") as (staging, record_tmp):
+        staging.mkdir()
+        job = QuantJob(name=name, variant=variant, settings=settings, model_dir=base_dir, out_dir=staging,
+                       samples=samples, seed=seed, keep_modules=keep, linear_modules=modules,
+                       model_config=model_config)
+        run(job)
+        for item in CARRY_FILES:  # what vLLM and users need beside the weights, when a backend skips it
+            if (base_dir / item).is_file() and not (staging / item).exists():
+                shutil.copy2(base_dir / item, staging / item)
+        config = json.loads((staging / "config.json").read_text())
+        if "quantization_config" not in config:
+            raise EnvironmentSetupError(f"quantize@{name}: {backend} wrote no quantization_config; not a quantized model")
+        seconds = time.monotonic() - start
+        size, base_size = folder_size(staging), folder_size(base_dir)
+        record = {
+            "variant": name, "method": variant.method, "backend": backend, "settings": settings,
+            "quantization_config": config["quantization_config"],
+            "keep_modules": keep, "lm_head": "kept in the base dtype",
+            "calibration": {"file": str(calib_path), "sha256": sha256_file(calib_path), "samples_used": len(samples),
+                            "seq_len": max(len(s) for s in samples) if samples else 0, "seed": seed},
+            "base": {"path": str(base_dir), "size_bytes": base_size,
+                     "config_sha256": sha256_file(base_dir / "config.json")},
+            "size_bytes": size, "size_ratio": round(size / base_size, 4),
+            "seconds": round(seconds, 1), "peak_rss_mb": _peak_rss_mb(),
+            "module_loss": job.extras.get("module_loss"), "recipe_file": job.extras.get("recipe_file"),
+            "versions": versions(),
+        }
+        write_json(record_tmp, record)
+    log(STAGE, f"{name}: {size / 1e6:.1f} MB ({record['size_ratio']:.2f}x the base) in {fmt_seconds(seconds)}, "
+        f"peak RSS {record['peak_rss_mb']:.0f} MB")
+    return record
