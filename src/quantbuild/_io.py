@@ -57,6 +57,9 @@ def atomic_outputs(*targets: str | Path, field: str = "output") -> Iterator[list
     staging = []
     for target in targets:
         _check_writable(target.parent, field)
+        # A run killed with -9 cannot clean up: its staging folders are removed by the next run.
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging.append(Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
     temps = [s / t.name for s, t in zip(staging, targets)]
     try:

@@ -77,7 +77,7 @@ class _LossLog:
     def __enter__(self) -> "_LossLog":
         from loguru import logger
 
-        self.handle = logger.add(self._sink, level="DEBUG", format="{message}")
+        self.handle = logger.add(self._sink, level="DEBUG", format="{level} {message}")
         return self
 
     def _sink(self, message) -> None:

@@ -1,0 +1,262 @@
+"""quantize: every method through its real backend on a tiny random Llama (and, marked slow, the demo
+model), loaded back by transformers and by vLLM on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quantbuild import api
+from quantbuild.config import parse_params
+from quantbuild.errors import ConfigError, EnvironmentSetupError
+from quantbuild.quantize import load_backend, register
+from quantbuild.quantize._run import quantize_variant
+
+from .conftest import REPO_ROOT, dvc, write_params
+
+TINY_VARIANTS = {
+    "gptq-w4g64": {"method": "gptq", "group_size": 64},                         # gptqmodel (default)
+    "gptq-llmc": {"method": "gptq", "backend": "llmcompressor", "group_size": 64},
+    "awq-w4g64": {"method": "awq", "group_size": 64, "n_samples": 8},          # llmcompressor (default)
+    "awq-legacy": {"method": "awq", "backend": "autoawq", "group_size": 64, "n_samples": 8},
+    "fp8-dynamic": {"method": "fp8"},
+    "int8-w8a8": {"method": "int8"},
+}
+EXPECTED_FORMAT = {"gptq-w4g64": "gptq", "gptq-llmc": "compressed-tensors", "awq-w4g64": "compressed-tensors",
+                   "awq-legacy": "awq", "fp8-dynamic": "compressed-tensors", "int8-w8a8": "compressed-tensors"}
+# Share of the base's linear-layer bytes each method may keep (weights + scales + zero points).
+SIZE_BOUND = {"gptq-w4g64": 0.36, "gptq-llmc": 0.36, "awq-w4g64": 0.36, "awq-legacy": 0.36,
+              "fp8-dynamic": 0.55, "int8-w8a8": 0.55}
+
+
+def params_for(model_dir: Path, variants: dict) -> "object":
+    data = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    data["base"] = {"source": str(model_dir)}
+    data["calibration"].update(n_samples=16, seq_len=128, sources=[{"uri": "builtin://lee-news"}])
+    data["variants"] = variants
+    data["eval"]["gate"] = {"min_recovery": 0.9}
+    return parse_params(data)
+
+
+@pytest.fixture(scope="module")
+def tiny_calibration(tiny_llama_dir, tmp_path_factory) -> Path:
+    from quantbuild._calibrate import calibrate
+
+    params = params_for(tiny_llama_dir, {})
+    out = tmp_path_factory.mktemp("tiny-calibration")
+    calibrate(params.calibration, tiny_llama_dir, out / "calibration.jsonl", out / "heldout.jsonl", out / "stats.json")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_variants(tiny_llama_dir, tiny_calibration, tmp_path_factory) -> dict[str, Path]:
+    params = params_for(tiny_llama_dir, TINY_VARIANTS)
+    root = tmp_path_factory.mktemp("tiny-variants")
+    for name in TINY_VARIANTS:
+        quantize_variant(params, name, tiny_llama_dir, tiny_calibration / "calibration.jsonl",
+                         root / name / "model", root / name / "quantize.json")
+    return {name: root / name for name in TINY_VARIANTS}
+
+
+def layer_bytes(model_dir: Path) -> int:
+    """Bytes of every tensor inside the decoder layers (what quantization shrinks)."""
+    total = 0
+    for path in model_dir.glob("*.safetensors"):
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
+                     if k != "__metadata__" and ".layers." in k)
+    return total
+
+
+@pytest.mark.parametrize("name", list(TINY_VARIANTS))
+def test_each_method_and_backend_on_the_tiny_model(name, tiny_variants, tiny_llama_dir, tiny_calibration):
+    folder = tiny_variants[name]
+    config = json.loads((folder / "model" / "config.json").read_text())
+    record = json.loads((folder / "quantize.json").read_text())
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == EXPECTED_FORMAT[name]
+    assert record["backend"] == TINY_VARIANTS[name].get("backend", {"gptq": "gptqmodel", "awq": "llmcompressor"}
+                                                        .get(TINY_VARIANTS[name]["method"], "llmcompressor"))
+    assert layer_bytes(folder / "model") / layer_bytes(tiny_llama_dir) < SIZE_BOUND[name]
+    assert record["size_bytes"] < record["base"]["size_bytes"]
+    assert record["seconds"] > 0 and record["peak_rss_mb"] > 100
+    assert record["calibration"]["sha256"] == __import__("quantbuild._io", fromlist=["x"]).sha256_file(
+        tiny_calibration / "calibration.jsonl")
+    expected_samples = TINY_VARIANTS[name].get("n_samples", 16)
+    if name != "fp8-dynamic":
+        assert record["calibration"]["samples_used"] == expected_samples
+    assert record["versions"]["torch"].startswith("2.") and record["versions"]["transformers"]
+    assert (folder / "model" / record["recipe_file"]).is_file()  # the recipe travels with the weights
+    for needed in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
+        assert (folder / "model" / needed).is_file()
+    if record["method"] == "gptq":
+        losses = record["module_loss"]
+        assert losses and len(losses) == 2 * 7 and all(r["loss"] >= 0 for r in losses)  # 7 linears x 2 layers
+        assert losses[0]["module"].startswith("model.layers.0.")
+
+
+@pytest.mark.parametrize("name,min_cosine,min_top1", [
+    ("gptq-llmc", 0.98, 0.95), ("awq-w4g64", 0.98, 0.93), ("fp8-dynamic", 0.995, 0.98), ("int8-w8a8", 0.999, 0.99),
+])
+def test_logits_stay_close_to_the_base(name, min_cosine, min_top1, tiny_variants, tiny_llama_dir, tiny_calibration):
+    """Full next-token logits through transformers (compressed-tensors decompresses on CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = [json.loads(l) for l in (tiny_calibration / "heldout.jsonl").read_text().splitlines()][:4]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    ids = torch.tensor([tok(r["text"])["input_ids"][:96] for r in rows])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)(ids).logits.float()
+        quant = AutoModelForCausalLM.from_pretrained(tiny_variants[name] / "model", dtype=torch.bfloat16)(ids).logits.float()
+    cosine = torch.nn.functional.cosine_similarity(quant.flatten(0, 1), base.flatten(0, 1), dim=-1).mean().item()
+    top1 = (quant.argmax(-1) == base.argmax(-1)).float().mean().item()
+    assert cosine >= min_cosine and top1 >= min_top1, (cosine, top1)
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted(model_dir.glob("*.safetensors")):
+        out.update(load_file(path))
+    return out
+
+
+@pytest.mark.parametrize("name", ["gptq-w4g64", "gptq-llmc", "awq-w4g64"])
+def test_same_inputs_and_seed_give_the_same_weights(name, tiny_variants, tiny_llama_dir, tiny_calibration, tmp_path):
+    params = params_for(tiny_llama_dir, TINY_VARIANTS)
+    quantize_variant(params, name, tiny_llama_dir, tiny_calibration / "calibration.jsonl", tmp_path / "model",
+                     tmp_path / "quantize.json")
+    first, again = weights(tiny_variants[name] / "model"), weights(tmp_path / "model")
+    assert first.keys() == again.keys()
+    assert all((first[k] == again[k]).all() for k in first)
+
+
+def test_keep_patterns_leave_modules_unquantized(tiny_llama_dir, tiny_calibration, tmp_path):
+    variants = {"keep": {"method": "gptq", "backend": "llmcompressor", "group_size": 64,
+                         "keep": [r"self_attn\.(q|k|v)_proj"]}}
+    record = quantize_variant(params_for(tiny_llama_dir, variants), "keep", tiny_llama_dir,
+                              tiny_calibration / "calibration.jsonl", tmp_path / "model", tmp_path / "q.json")
+    assert len(record["keep_modules"]) == 6
+    tensors = weights(tmp_path / "model")
+    assert "model.layers.0.self_attn.q_proj.weight" in tensors  # dense, as in the base
+    assert "model.layers.0.self_attn.o_proj.weight_packed" in tensors
+
+
+def test_gptqmodel_overrides_and_skips(tiny_llama_dir, tiny_calibration, tmp_path):
+    variants = {"mixed": {"method": "gptq", "group_size": 64, "keep": [r"layers\.0\.self_attn\.q_proj"],
+                          "overrides": {r".*mlp\.down_proj": {"bits": 8}}}}
+    quantize_variant(params_for(tiny_llama_dir, variants), "mixed", tiny_llama_dir,
+                     tiny_calibration / "calibration.jsonl", tmp_path / "model", tmp_path / "q.json")
+    dynamic = json.loads((tmp_path / "model" / "config.json").read_text())["quantization_config"]["dynamic"]
+    assert dynamic == {r"-:^model\.layers\.0\.self_attn\.q_proj$": {}, r"+:.*mlp\.down_proj": {"bits": 8}}
+
+
+@pytest.mark.parametrize("variant,pattern", [
+    ({"method": "gptq", "keep": ["no_such_module"]}, r"variants.v.keep\[0\]: 'no_such_module' matches no linear layer"),
+    ({"method": "gptq", "keep": ["layers"]}, r"variants.v.keep: the patterns keep every linear layer"),
+    ({"method": "awq", "backend": "autoawq", "group_size": 64, "keep": [r"layers\.0\.mlp\.up_proj"]},
+     r"variants.v.keep: autoawq can keep a module kind only in every layer"),
+])
+def test_bad_settings_fail_before_any_output(variant, pattern, tiny_llama_dir, tiny_calibration, tmp_path):
+    with pytest.raises(ConfigError, match=pattern):
+        quantize_variant(params_for(tiny_llama_dir, {"v": variant}), "v", tiny_llama_dir,
+                         tiny_calibration / "calibration.jsonl", tmp_path / "out" / "model", tmp_path / "out" / "q.json")
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_unsupported_architecture_and_missing_backend(tiny_llama_dir, tiny_calibration, tmp_path):
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_llama_dir, odd)
+    config = json.loads((odd / "config.json").read_text())
+    config["model_type"] = "quantbuild-test-arch"
+    (odd / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"variants.v.backend: gptqmodel does not support architecture "
+                                          r"'quantbuild-test-arch' \(try backend: llmcompressor\)"):
+        quantize_variant(params_for(odd, {"v": {"method": "gptq", "group_size": 64}}), "v", odd,
+                         tiny_calibration / "calibration.jsonl", tmp_path / "m", tmp_path / "q.json")
+    register("gptq", "quantbuild-test-missing", "nowhere:run", ("quantbuild_no_such_module",), "quantbuild[missing]")
+    with pytest.raises(EnvironmentSetupError, match=r"variants.v.backend: quantbuild-test-missing is not installed "
+                                                    r"\(module 'quantbuild_no_such_module' missing\); pip install "
+                                                    r"'quantbuild\[missing\]'"):
+        load_backend("gptq", "quantbuild-test-missing", "variants.v")
+
+
+def test_unknown_variant_and_missing_inputs(tiny_llama_dir, tmp_path):
+    params = params_for(tiny_llama_dir, {"v": {"method": "fp8"}})
+    with pytest.raises(ConfigError, match=r"variants.w: no such variant in params.yaml \(variants: v\)"):
+        quantize_variant(params, "w", tiny_llama_dir, tmp_path / "c.jsonl", tmp_path / "m", tmp_path / "q.json")
+    with pytest.raises(EnvironmentSetupError, match=r"c.jsonl is missing \(run dvc repro calibrate first\)"):
+        quantize_variant(params, "v", tiny_llama_dir, tmp_path / "c.jsonl", tmp_path / "m", tmp_path / "q.json")
+
+
+def test_kill_9_mid_run_then_repro_completes(project, tiny_llama_dir):
+    write_params(project / "params.yaml", base={"source": str(tiny_llama_dir)},
+                 calibration={"sources": [{"uri": "builtin://lee-news"}], "n_samples": 16, "seq_len": 128},
+                 variants={"gptq-w4g64": {"method": "gptq", "backend": "llmcompressor", "group_size": 64}})
+    dvc(project, "repro", "calibrate")
+    env = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
+    log = open(project / "repro.log", "w")
+    proc = subprocess.Popen([str(Path(os.sys.executable).parent / "dvc"), "repro", "quantize@gptq-w4g64"],
+                            cwd=project, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while "[quantize] gptq-w4g64: llmcompressor" not in (project / "repro.log").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, (project / "repro.log").read_text()[-2000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    variant_dir = project / "build" / "variants" / "gptq-w4g64"
+    assert not (variant_dir / "model").exists() and not (variant_dir / "quantize.json").exists()
+    result = dvc(project, "repro", "quantize@gptq-w4g64")
+    assert "Running stage 'quantize@gptq-w4g64'" in result.stdout
+    assert json.loads((variant_dir / "model" / "config.json").read_text())["quantization_config"]
+    assert [p.name for p in variant_dir.iterdir()] and all(not p.name.startswith(".") for p in variant_dir.iterdir())
+    assert "quantize@gptq-w4g64" not in json.loads(dvc(project, "status", "--json").stdout)
+
+
+@pytest.mark.slow
+def test_tiny_variants_load_in_vllm(tiny_variants, tiny_llama_dir, tiny_calibration, tmp_path):
+    probe = run_vllm_probe([tiny_llama_dir, *(tiny_variants[n] / "model" for n in TINY_VARIANTS)],
+                           tiny_calibration / "heldout.jsonl", tiny_llama_dir, tmp_path)
+    base = probe[str(tiny_llama_dir)]
+    bounds = {"gptq-w4g64": 0.9, "gptq-llmc": 0.9, "awq-w4g64": 0.9, "awq-legacy": 0.9, "fp8-dynamic": 0.97,
+              "int8-w8a8": 0.98}
+    for name, bound in bounds.items():
+        got = probe[str(tiny_variants[name] / "model")]
+        assert agreement(base["top1"], got["top1"]) >= bound, name
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    pairs = [(x, y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b)]
+    return sum(x == y for x, y in pairs) / len(pairs)
+
+
+def run_vllm_probe(models: list[Path], heldout: Path, tokenizer_dir: Path, tmp_path: Path, n: int = 4,
+                   length: int = 128) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    docs = [json.loads(l)["text"] for l in heldout.read_text().splitlines()][:n]
+    seqs = [tok(d)["input_ids"][:length] for d in docs]
+    (tmp_path / "seqs.json").write_text(json.dumps(seqs))
+    python = REPO_ROOT / ".venvs" / "evaluate" / "bin" / "python"
+    result = subprocess.run([str(python), str(Path(__file__).parent / "vllm_probe.py"), str(tmp_path / "seqs.json"),
+                             *map(str, models)], capture_output=True, text=True, timeout=1500)
+    line = [l for l in result.stdout.splitlines() if l.startswith("PROBE-JSON ")]
+    assert result.returncode == 0 and line, result.stderr[-4000:]
+    return json.loads(line[0][len("PROBE-JSON "):])
