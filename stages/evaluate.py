@@ -1,9 +1,9 @@
-"""DVC stage `evaluate` (delivered by issue #5; the stage name and its paths are fixed by dvc.yaml)."""
+"""DVC stages `evaluate_base` and `evaluate@<variant>`: eval.* -> build/eval/<model>/."""
 import sys
 
 from quantbuild import api
 from quantbuild._stage import run_stage
 
-if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else "base"
-    run_stage("evaluate", lambda: api.not_implemented(f"evaluate@{target}", "issue #5"))
+if __name__ == "__main__":  # vLLM starts its engine with spawn: the guard is required
+    name = sys.argv[1]
+    run_stage(f"evaluate@{name}", lambda: api.evaluate(name, "params.yaml"))

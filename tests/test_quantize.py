@@ -157,18 +157,22 @@ def test_keep_patterns_leave_modules_unquantized(tiny_llama_dir, tiny_calibratio
 
 
 def test_gptqmodel_overrides_and_skips(tiny_llama_dir, tiny_calibration, tmp_path):
-    variants = {"mixed": {"method": "gptq", "group_size": 64, "keep": [r"layers\.0\.self_attn\.q_proj"],
+    variants = {"mixed": {"method": "gptq", "group_size": 64, "keep": [r"layers\.0\.self_attn\.[qkv]_proj"],
                           "overrides": {r".*mlp\.down_proj": {"bits": 8}}}}
     quantize_variant(params_for(tiny_llama_dir, variants), "mixed", tiny_llama_dir,
                      tiny_calibration / "calibration.jsonl", tmp_path / "model", tmp_path / "q.json")
     dynamic = json.loads((tmp_path / "model" / "config.json").read_text())["quantization_config"]["dynamic"]
-    assert dynamic == {r"-:^model\.layers\.0\.self_attn\.q_proj$": {}, r"+:.*mlp\.down_proj": {"bits": 8}}
+    assert dynamic == {r"-:^model\.layers\.0\.self_attn\.q_proj$": {}, r"-:^model\.layers\.0\.self_attn\.k_proj$": {},
+                       r"-:^model\.layers\.0\.self_attn\.v_proj$": {}, r"+:.*mlp\.down_proj": {"bits": 8}}
 
 
 @pytest.mark.parametrize("variant,pattern", [
     ({"method": "gptq", "keep": ["no_such_module"]}, r"variants.v.keep\[0\]: 'no_such_module' matches no linear layer"),
     ({"method": "gptq", "keep": ["layers"]}, r"variants.v.keep: the patterns keep every linear layer"),
-    ({"method": "awq", "backend": "autoawq", "group_size": 64, "keep": [r"layers\.0\.mlp\.up_proj"]},
+    ({"method": "gptq", "keep": [r"layers\.0\.self_attn\.q_proj"]},
+     r"variants.v.keep: vLLM fuses model.layers.0.self_attn.\{q_proj,k_proj,v_proj\} into one layer; keep all of "
+     r"them or none \(add k_proj, v_proj\)"),
+    ({"method": "awq", "backend": "autoawq", "group_size": 64, "keep": [r"layers\.0\.mlp\.down_proj"]},
      r"variants.v.keep: autoawq can keep a module kind only in every layer"),
 ])
 def test_bad_settings_fail_before_any_output(variant, pattern, tiny_llama_dir, tiny_calibration, tmp_path):

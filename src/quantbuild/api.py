@@ -63,6 +63,22 @@ def quantize(name: str, params_path: str | Path = DEFAULT_PARAMS, base_dir: str 
     return quantize_variant(params, name, base_dir, calib_path, out / "model", out / "quantize.json")
 
 
+def evaluate(name: str, params_path: str | Path = DEFAULT_PARAMS, heldout: str | Path = "build/calibration/heldout.jsonl",
+             eval_root: str | Path = "build/eval") -> dict[str, Any]:
+    """Evaluate the baseline (name 'base') or one variant into build/eval/<name>/."""
+    from .evaluate._run import evaluate_model
+
+    params = load_params(params_path)
+    root = Path(eval_root)
+    if name != "base" and name not in params.variants:
+        raise ConfigError([f"variants.{name}: no such variant in params.yaml (variants: {', '.join(params.variants)})"])
+    model_dir = Path(BASE_MODEL_DIR) if name == "base" else Path("build/variants") / name / "model"
+    out = root / name
+    return evaluate_model(params.eval, name, model_dir, Path(heldout), out / "results", out / "metrics.json",
+                          out / "plots", base_metrics=root / "base" / "metrics.json",
+                          reference=root / "base" / "results" / "reference.json")
+
+
 def not_implemented(stage: str, issue: str) -> None:
     raise NotImplementedStageError(f"{stage}: not implemented yet ({issue}); run the stages before it with "
                                    f"`dvc repro calibrate`, or remove the stage's variants from params.yaml")

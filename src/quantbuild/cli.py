@@ -65,6 +65,42 @@ def calibrate(params_path: str, model_dir: str, out_dir: str) -> None:
     api.calibrate(params_path, model_dir, out_dir)
 
 
+@main.command()
+@params_option
+@click.argument("variant")
+def quantize(params_path: str, variant: str) -> None:
+    """Quantize one VARIANT of params.yaml (the `quantize@VARIANT` stage)."""
+    from . import api
+
+    api.quantize(variant, params_path)
+
+
+@main.command()
+@params_option
+@click.argument("model", default="base")
+def evaluate(params_path: str, model: str) -> None:
+    """Evaluate the baseline (MODEL=base) or one variant (run in the evaluate environment)."""
+    from . import api
+
+    api.evaluate(model, params_path)
+
+
+@main.command()
+@click.argument("model_or_config", type=click.Path(exists=True))
+@click.option("--context", default=8192, show_default=True, help="Tokens of context per sequence.")
+@click.option("--batch", default=1, show_default=True, help="Concurrent sequences.")
+@click.option("--gpu-memory", default=80.0, show_default=True, help="GB per GPU.")
+@click.option("--kv-dtype", default="bf16", type=click.Choice(["bf16", "fp8"]), show_default=True)
+def plan(model_or_config: str, context: int, batch: int, gpu_memory: float, kv_dtype: str) -> None:
+    """Memory per precision (weights + KV cache) and GPUs needed, for a model folder or config.json."""
+    from .evaluate.planner import format_table, load_config
+    from .evaluate.planner import plan as make_plan
+
+    shape, rows = make_plan(load_config(model_or_config), context=context, batch=batch, gpu_memory_gb=gpu_memory,
+                            kv_dtype=kv_dtype)
+    click.echo(format_table(shape, rows, context=context, batch=batch, gpu_memory_gb=gpu_memory))
+
+
 @main.group()
 def data() -> None:
     """Built-in data that needs no Hub."""

@@ -73,6 +73,9 @@ def linear_modules(model_dir: Path) -> list[str]:
     return sorted(names, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
 
 
+FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
 def resolve_keep(variant: VariantConfig, modules: list[str], where: str) -> list[str]:
     """Modules kept at higher precision: every linear layer one of `keep`'s regexes finds."""
     kept: list[str] = []
@@ -83,6 +86,16 @@ def resolve_keep(variant: VariantConfig, modules: list[str], where: str) -> list
             example = modules[0] if modules else "model.layers.0.self_attn.q_proj"
             problems.append(f"{where}.keep[{i}]: {pattern!r} matches no linear layer (names look like {example})")
         kept += [m for m in found if m not in kept]
+    # vLLM fuses these projections into one layer (qkv_proj, gate_up_proj): their precision must match.
+    for group in FUSED_GROUPS:
+        for module in kept:
+            prefix, _, leaf = module.rpartition(".")
+            if leaf in group:
+                siblings = [f"{prefix}.{g}" for g in group if f"{prefix}.{g}" in modules]
+                missing = [s for s in siblings if s not in kept]
+                if missing and not any(p.startswith(f"{where}.keep: vLLM fuses {prefix}") for p in problems):
+                    problems.append(f"{where}.keep: vLLM fuses {prefix}.{{{','.join(group)}}} into one layer; keep "
+                                    f"all of them or none (add {', '.join(m.rsplit('.', 1)[1] for m in missing)})")
     if problems:
         raise ConfigError(problems)
     if modules and len(kept) == len(modules):
@@ -115,6 +128,7 @@ class LayerProgress:
         self.total, self.what = len(layers), what
         self.start = time.monotonic()
         self.seen: set[int] = set()
+        self.passes = 1  # methods such as SmoothQuant + GPTQ walk the layers more than once
         self.handles = [layer.register_forward_pre_hook(self._hook(i), with_kwargs=True)
                         for i, layer in enumerate(layers)]
 
@@ -123,14 +137,21 @@ class LayerProgress:
             import torch
 
             hidden = args[0] if args else kwargs.get("hidden_states")
-            if index in self.seen or not isinstance(hidden, torch.Tensor):
+            if not isinstance(hidden, torch.Tensor):
                 return None  # tracing passes proxies through; only real calibration counts
+            if index == 0 and len(self.seen) > 1:  # back at the first layer: a new pass begins
+                self.passes += 1
+                self.seen.clear()
+                self.start = time.monotonic()
+            if index in self.seen:
+                return None
             self.seen.add(index)
             done = len(self.seen)
             elapsed = time.monotonic() - self.start
             left = elapsed / done * (self.total - done) if done > 1 else 0.0
             eta = f", ~{fmt_seconds(left)} left" if done > 1 and done < self.total else ""
-            log(STAGE, f"{self.what}: layer {index + 1}/{self.total}, elapsed {fmt_seconds(elapsed)}{eta}")
+            stage = f" (pass {self.passes})" if self.passes > 1 else ""
+            log(STAGE, f"{self.what}: layer {index + 1}/{self.total}{stage}, elapsed {fmt_seconds(elapsed)}{eta}")
             return None
         return hook
 
