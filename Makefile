@@ -6,7 +6,7 @@ setup:
 	envs/setup
 
 demo: setup
-	PATH="$(CURDIR)/$(Q):$$PATH" dvc repro
+	PATH="$(CURDIR)/$(Q):$$PATH" dvc repro evaluate  # card and publish land with issue #6
 
 test: setup
 	PATH="$(CURDIR)/$(Q):$$PATH" $(Q)/python -m pytest $(PYTEST_ARGS)

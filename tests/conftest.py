@@ -76,10 +76,11 @@ def text_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def write_params(path: Path, **sections) -> Path:
-    """params.yaml from the repo's demo file with sections replaced."""
+    """params.yaml from the repo's demo file: sections merged key by key (`variants` replaced whole)."""
     data = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     for key, value in sections.items():
-        data[key] = value
+        merge = key != "variants" and isinstance(value, dict) and isinstance(data.get(key), dict)
+        data[key] = {**data[key], **value} if merge else value
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

@@ -32,8 +32,11 @@ def engine_args(engine: str, model_dir: str | Path, cfg: EvalConfig, cpu: bool) 
         return args
     # transformers scores rolling windows of max_length; vLLM of max_model_len - 2 (lm-eval's accounting
     # for the prefix token), so these match and the two engines give the same perplexity.
-    return {"pretrained": str(model_dir), "dtype": "bfloat16", "batch_size": cfg.batch_size,
+    args = {"pretrained": str(model_dir), "dtype": "bfloat16", "batch_size": cfg.batch_size,
             "max_length": cfg.max_model_len - 2}
+    if cpu:
+        args["device"] = "cpu"  # lm-eval's HFLM assumes cuda otherwise
+    return args
 
 
 def command_line(engine: str, args: dict[str, Any], tasks: list[str], include_path: Path, cfg: EvalConfig,

@@ -104,7 +104,12 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
         from ._engine import Engine, command_line
 
         log(STAGE, f"{model_name}: starting {cfg.engine} engine on {model_dir}")
-        engine = Engine(cfg.engine, model_dir, cfg)
+        try:
+            engine = Engine(cfg.engine, model_dir, cfg)
+        except (RuntimeError, ValueError) as exc:
+            hint = "" if cfg.engine == "hf" else "; vLLM's CPU kernels load W4A16, W8A8 and FP8 (not W8A16 or 2/3-bit)"
+            raise EnvironmentSetupError(f"evaluate@{model_name}: {cfg.engine} could not load {model_dir} "
+                                        f"({str(exc).splitlines()[0][:160]}; the cause is in the log above){hint}") from None
         log(STAGE, f"{model_name}: engine up in {fmt_seconds(engine.startup_seconds)}")
         timings = {"engine_startup_s": round(engine.startup_seconds, 2)}
         # Perplexity runs on the whole held-out split (its size is calibration.heldout_max_docs);

@@ -1,0 +1,172 @@
+"""evaluate: lm-eval on vLLM (CPU) for the baseline and variants, recovery, the gate, and the hf engine."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import pytest
+import yaml
+
+from quantbuild.config import EvalConfig, GateConfig
+from quantbuild.errors import ConfigError
+from quantbuild.evaluate._closeness import kl_and_agreement
+from quantbuild.evaluate._engine import command_line, engine_args
+from quantbuild.evaluate._gate import apply_gate, describe_failures, recovery
+from quantbuild.evaluate._tasks import check_task_names, heldout_task
+
+from .conftest import dvc, write_params
+
+
+def test_recovery_is_direction_aware():
+    assert recovery("quality.heldout_perplexity.word_perplexity", 20.0, 25.0) == pytest.approx(0.8)
+    assert recovery("quality.gsm8k_local.exact_match", 0.5, 0.4) == pytest.approx(0.8)
+    assert recovery("quality.gsm8k_local.exact_match", 0.0, 0.0) is None  # no baseline signal: not gated
+    assert recovery("x.bits_per_byte", 1.0, None) is None
+
+
+def test_gate_thresholds_global_per_metric_per_variant():
+    cfg = EvalConfig(gate=GateConfig(min_recovery=0.9, metrics={}, variants={"v": {"top1_agreement": 0.5}}))
+    recoveries = {"heldout_perplexity.word_perplexity": 0.85, "top1_agreement": 0.6, "gsm8k_local.exact_match": None}
+    gate = apply_gate(cfg, "v", recoveries)
+    assert not gate["passed"] and [f["metric"] for f in gate["failures"]] == ["heldout_perplexity.word_perplexity"]
+    (line,) = describe_failures("v", gate)
+    assert line == "v: heldout_perplexity.word_perplexity recovery 0.850 is below the gate 0.9 by 0.050"
+    assert apply_gate(cfg, "w", recoveries)["failures"][1]["metric"] == "top1_agreement"
+    only = EvalConfig(gate=GateConfig(metrics={"heldout_perplexity.bits_per_byte": 0.95}))
+    gate = apply_gate(only, "v", {"heldout_perplexity.bits_per_byte": 0.97, "top1_agreement": 0.1})
+    assert gate["passed"] and gate["thresholds"] == {"heldout_perplexity.bits_per_byte": 0.95}
+    missing = apply_gate(only, "v", {"top1_agreement": 1.0})
+    assert not missing["passed"] and missing["failures"][0]["reason"] == "not measured"
+
+
+def test_kl_and_top1_agreement():
+    ref = [[{"1": math.log(0.7), "2": math.log(0.2)}, {"3": math.log(0.9), "4": math.log(0.05)}]]
+    same = kl_and_agreement(ref, ref)
+    assert same["kl_mean"] == pytest.approx(0.0, abs=1e-12) and same["top1_agreement"] == 1.0
+    other = [[{"2": math.log(0.6), "1": math.log(0.3)}, {"3": math.log(0.8), "5": math.log(0.1)}]]
+    diff = kl_and_agreement(ref, other)
+    assert diff["kl_mean"] > 0.1 and diff["top1_agreement"] == 0.5 and diff["positions"] == 2
+
+
+def test_parallelism_settings_reach_the_engine_arguments(tmp_path):
+    cfg = EvalConfig(tensor_parallel_size=4, data_parallel_size=2, max_model_len=4096, seed=7, limit=50)
+    args = engine_args("vllm", tmp_path, cfg, cpu=False)
+    assert args["tensor_parallel_size"] == 4 and args["data_parallel_size"] == 2 and "enforce_eager" not in args
+    assert args["max_model_len"] == 4096 and args["seed"] == 7
+    line = command_line("vllm", args, ["heldout_perplexity"], tmp_path, cfg, 50)
+    assert "tensor_parallel_size=4" in line and "data_parallel_size=2" in line and "--limit 50" in line
+    hf = engine_args("hf", tmp_path, cfg, cpu=True)
+    assert hf["max_length"] == 4094  # vLLM scores windows of max_model_len - 2; hf must match
+
+
+def test_unknown_task_lists_close_matches():
+    with pytest.raises(ConfigError) as info:
+        check_task_names(["gsm8k_lokal", "heldout_perplexity", "zzzz"], ["gsm8k", "gsm8k_local", "heldout_perplexity"])
+    assert info.value.lines() == [
+        "eval.tasks[0]: unknown lm-eval task 'gsm8k_lokal' (close: gsm8k_local, gsm8k)",
+        "eval.tasks[2]: unknown lm-eval task 'zzzz' (built-in offline tasks: heldout_perplexity, gsm8k_local)"]
+
+
+def test_heldout_task_is_a_rolling_loglikelihood_task(tmp_path):
+    task = heldout_task(tmp_path / "heldout.jsonl")
+    assert task["output_type"] == "loglikelihood_rolling" and task["dataset_path"] == "json"
+    assert [m["metric"] for m in task["metric_list"]] == ["word_perplexity", "byte_perplexity", "bits_per_byte"]
+
+
+# --- end to end, real vLLM and lm-eval in the evaluate environment ------------------------------------------
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_llama_dir, tmp_path_factory):
+    """A project with the tiny model and an FP8 variant, evaluated by dvc (the gate-failing variant is in
+    test_demo.py: on a random model nothing that vLLM's CPU kernels load degrades enough to be "broken")."""
+    from .conftest import REPO_ROOT
+
+    import shutil
+    project = tmp_path_factory.mktemp("eval-project") / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO_ROOT / rel).is_file() and not rel.startswith(".dvc/"):
+            (project / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / rel, project / rel)
+    (project / ".venvs").symlink_to(REPO_ROOT / ".venvs")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd if cmd[0] == "git" else [str(REPO_ROOT / ".venvs/quantize/bin/dvc"), *cmd[1:]],
+                       cwd=project, check=True, capture_output=True)
+    write_params(project / "params.yaml", base={"source": str(tiny_llama_dir)},
+                 calibration={"sources": [{"uri": "builtin://lee-news"}], "n_samples": 16, "seq_len": 128,
+                              "heldout_max_docs": 8},
+                  variants={"fp8-dynamic": {"method": "fp8"}},
+                 eval={"tasks": ["heldout_perplexity", "gsm8k_local"], "limit": 2, "max_model_len": 1024,
+                       "gate": {"min_recovery": 0.9}})
+    result = dvc(project, "repro", "evaluate@fp8-dynamic", check=False)
+    return project, result
+
+
+@pytest.mark.slow
+def test_metrics_exist_are_finite_and_fp8_recovers(evaluated):
+    project, result = evaluated
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    base = json.loads((project / "build/eval/base/metrics.json").read_text())
+    fp8 = json.loads((project / "build/eval/fp8-dynamic/metrics.json").read_text())
+    for metrics in (base, fp8):
+        for key in ("quality.heldout_perplexity.word_perplexity", "quality.heldout_perplexity.bits_per_byte",
+                    "quality.gsm8k_local.exact_match", "speed.c1.tokens_per_s", "speed.c32.ttft_s", "size.disk_gb"):
+            assert math.isfinite(metrics[key]), key
+    assert 0.97 <= fp8["recovery.heldout_perplexity.bits_per_byte"] <= 1.03
+    assert fp8["closeness.top1_agreement"] >= 0.95 and fp8["gate.passed"] is True
+    raw = json.loads((project / "build/eval/fp8-dynamic/results/lm_eval.json").read_text())
+    assert "heldout_perplexity" in raw["results"] and raw["quantbuild"]["commands"][0].startswith("lm_eval --model vllm")
+    assert raw["quantbuild"]["versions"]["vllm"].endswith("+cpu")
+    plots = dvc(project, "plots", "show", "--json")
+    assert "size_vs_quality" in plots.stdout and "throughput" in plots.stdout
+    diff = dvc(project, "metrics", "show", "--json")
+    assert "build/eval/fp8-dynamic/metrics.json" in diff.stdout
+
+
+@pytest.mark.slow
+def test_stage_errors_are_one_line(evaluated):
+    project, _ = evaluated
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["eval"]["tasks"] = ["heldout_perplexity", "gsm8k_lokal"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run(["stages/run", "evaluate", "stages/evaluate.py", "base"], cwd=project, capture_output=True,
+                         text=True)
+    errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
+    assert run.returncode == 2 and len(errors) == 1, run.stderr[-2000:]
+    assert errors[0].startswith("error: eval.tasks[1]: unknown lm-eval task 'gsm8k_lokal' (close: gsm8k_local, ")
+    run = subprocess.run(["stages/run", "evaluate", "stages/evaluate.py", "nope"], cwd=project, capture_output=True,
+                         text=True)
+    assert run.returncode == 2 and "error: variants.nope: no such variant" in run.stderr
+    params["eval"]["tasks"] = ["heldout_perplexity"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    import shutil
+    shutil.rmtree(project / "build/variants/fp8-dynamic/model")
+    run = subprocess.run(["stages/run", "evaluate", "stages/evaluate.py", "fp8-dynamic"], cwd=project,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "error: evaluate@fp8-dynamic: no model at build/variants/fp8-dynamic/model " \
+                                   "(run dvc repro quantize@fp8-dynamic first)" in run.stderr
+
+
+@pytest.mark.slow
+def test_vllm_and_hf_engines_agree_on_perplexity(evaluated, tmp_path):
+    project, _ = evaluated
+    python = project / ".venvs/evaluate/bin/python"
+    code = ("import json, sys\n"
+            "from pathlib import Path\n"
+            "from quantbuild.config import EvalConfig\n"
+            "from quantbuild.evaluate._run import evaluate_model\n"
+            "if __name__ == '__main__':\n"
+            "    cfg = EvalConfig(engine='hf', tasks=['heldout_perplexity'], max_model_len=1024)\n"
+            "    out = Path(sys.argv[1])\n"
+            "    m = evaluate_model(cfg, 'base', Path('build/base/model'), Path('build/calibration/heldout.jsonl'),\n"
+            "                       out / 'results', out / 'metrics.json', out / 'plots')\n"
+            "    print('HF-JSON', json.dumps(m))\n")
+    run = subprocess.run([str(python), "-c", code, str(tmp_path / "hf")], cwd=project, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    hf = json.loads([l for l in run.stdout.splitlines() if l.startswith("HF-JSON")][0][len("HF-JSON "):])
+    vllm = json.loads((project / "build/eval/base/metrics.json").read_text())
+    for key in ("quality.heldout_perplexity.word_perplexity", "quality.heldout_perplexity.bits_per_byte"):
+        assert hf[key] == pytest.approx(vllm[key], rel=1e-3), key
