@@ -15,7 +15,7 @@ from quantbuild._io import sha256_file
 from quantbuild.config import BaseConfig
 from quantbuild.errors import OutputError, SourceError
 
-from .conftest import SMOLLM_GGUF, VENV_BIN, write_params
+from .conftest import SMOLLM_GGUF, write_params
 
 CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\nlibrary_name: transformers\n---\n# Tiny\n"
 

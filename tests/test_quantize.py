@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantbuild import api
 from quantbuild.config import parse_params
 from quantbuild.errors import ConfigError, EnvironmentSetupError
 from quantbuild.quantize import load_backend, register

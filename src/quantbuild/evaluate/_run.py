@@ -18,7 +18,7 @@ from ..config import EvalConfig
 from ..errors import ConfigError, EnvironmentSetupError
 from ._closeness import kl_and_agreement
 from ._gate import apply_gate, describe_failures, recovery
-from ._tasks import BUILTIN_TASKS, HELDOUT_TASK, check_task_names, write_tasks
+from ._tasks import HELDOUT_TASK, check_task_names, write_tasks
 
 STAGE = "evaluate"
 PROBE_SEQUENCES, PROBE_TOKENS = 8, 256

@@ -1,0 +1,98 @@
+"""The demo model end to end (marked slow, run in CI): SmolLM2-135M-Instruct from its GGUF, one variant per
+method plus a deliberately broken one, quantized by the real backends and evaluated by vLLM + lm-eval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import dvc, write_params
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = {
+    "gptq-w4g64": {"method": "gptq", "group_size": 64, "n_samples": 16},
+    "awq-w4g64": {"method": "awq", "group_size": 64, "n_samples": 8},
+    "fp8-dynamic": {"method": "fp8"},
+    "int8-w8a8": {"method": "int8", "n_samples": 16},
+    # Deliberately broken: 4-bit per-channel weights calibrated on a single sample.
+    "broken": {"method": "gptq", "backend": "llmcompressor", "group_size": -1, "n_samples": 1},
+}
+# Minimum top-1 agreement with the base model's next-token choice on held-out text, in vLLM.
+TOP1_BOUND = {"gptq-w4g64": 0.80, "awq-w4g64": 0.80, "fp8-dynamic": 0.90, "int8-w8a8": 0.90}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from .conftest import REPO_ROOT
+    import shutil
+
+    project = tmp_path_factory.mktemp("demo") / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO_ROOT / rel).is_file() and not rel.startswith(".dvc/"):
+            (project / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / rel, project / rel)
+    (project / ".venvs").symlink_to(REPO_ROOT / ".venvs")
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([str(REPO_ROOT / ".venvs/quantize/bin/dvc"), "init", "-q"], cwd=project, check=True)
+    write_params(project / "params.yaml", calibration={"n_samples": 16, "seq_len": 256, "heldout_max_docs": 8},
+                 variants=VARIANTS, eval={"limit": 4, "max_model_len": 1024})
+    result = dvc(project, "repro", "evaluate", check=False, timeout=3600)
+    return project, result
+
+
+def metrics(project: Path, name: str) -> dict:
+    return json.loads((project / "build" / "eval" / name / "metrics.json").read_text())
+
+
+def test_demo_pipeline_runs(demo):
+    project, result = demo
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", list(TOP1_BOUND))
+def test_variant_quality_in_vllm(demo, name):
+    project, _ = demo
+    m = metrics(project, name)
+    record = json.loads((project / "build" / "variants" / name / "quantize.json").read_text())
+    assert m["closeness.top1_agreement"] >= TOP1_BOUND[name], m
+    assert m["gate.passed"] is True, json.loads((project / f"build/eval/{name}/results/gate.json").read_text())
+    assert record["size_ratio"] < (0.45 if record["settings"]["bits"] == 4 else 0.62)
+    if record["method"] in ("fp8", "int8"):
+        assert 0.97 <= m["recovery.heldout_perplexity.bits_per_byte"] <= 1.03
+
+
+def test_broken_variant_fails_its_gate(demo):
+    project, result = demo
+    m = metrics(project, "broken")
+    gate = json.loads((project / "build/eval/broken/results/gate.json").read_text())
+    assert m["gate.passed"] is False and any(f["metric"] == "heldout_perplexity.word_perplexity"
+                                              for f in gate["failures"])
+    assert "GATE FAILED: broken: heldout_perplexity.word_perplexity recovery" in result.stdout + result.stderr
+
+
+def test_vllm_and_hf_agree_on_perplexity(demo, tmp_path):
+    project, _ = demo
+    code = ("import json, sys\n"
+            "from pathlib import Path\n"
+            "from quantbuild.config import load_params\n"
+            "from quantbuild.evaluate._run import evaluate_model\n"
+            "if __name__ == '__main__':\n"
+            "    cfg = load_params('params.yaml').eval\n"
+            "    cfg.engine, cfg.tasks = 'hf', ['heldout_perplexity']\n"
+            "    out = Path(sys.argv[1])\n"
+            "    m = evaluate_model(cfg, 'base', Path('build/base/model'), Path('build/calibration/heldout.jsonl'),\n"
+            "                       out / 'results', out / 'metrics.json', out / 'plots')\n"
+            "    print('HF-JSON', json.dumps(m))\n")
+    run = subprocess.run([str(project / ".venvs/evaluate/bin/python"), "-c", code, str(tmp_path / "hf")], cwd=project,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    hf = json.loads([l for l in run.stdout.splitlines() if l.startswith("HF-JSON")][0][len("HF-JSON "):])
+    vllm = metrics(project, "base")
+    for key in ("quality.heldout_perplexity.word_perplexity", "quality.heldout_perplexity.bits_per_byte"):
+        assert hf[key] == pytest.approx(vllm[key], rel=1e-3), key
