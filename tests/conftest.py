@@ -90,10 +90,8 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-@pytest.fixture
-def project(tmp_path) -> Path:
-    """A throw-away clone of this repository (tracked files only) with git and DVC initialised."""
-    dest = tmp_path / "project"
+def make_project(dest: Path) -> Path:
+    """A throw-away copy of this repository (tracked and unignored files) with git and DVC initialised."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:
@@ -109,6 +107,11 @@ def project(tmp_path) -> Path:
                 ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)
     return dest
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    return make_project(tmp_path / "project")
 
 
 def dvc(project: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from quantbuild.evaluate._engine import command_line, engine_args
 from quantbuild.evaluate._gate import apply_gate, describe_failures, recovery
 from quantbuild.evaluate._tasks import check_task_names, heldout_task
 
-from .conftest import dvc, write_params
+from .conftest import dvc, make_project, write_params
 
 
 def test_recovery_is_direction_aware():
@@ -81,24 +81,11 @@ def test_heldout_task_is_a_rolling_loglikelihood_task(tmp_path):
 def evaluated(tiny_llama_dir, tmp_path_factory):
     """A project with the tiny model and an FP8 variant, evaluated by dvc (the gate-failing variant is in
     test_demo.py: on a random model nothing that vLLM's CPU kernels load degrades enough to be "broken")."""
-    from .conftest import REPO_ROOT
-
-    import shutil
-    project = tmp_path_factory.mktemp("eval-project") / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (REPO_ROOT / rel).is_file() and not rel.startswith(".dvc/"):
-            (project / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / rel, project / rel)
-    (project / ".venvs").symlink_to(REPO_ROOT / ".venvs")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd if cmd[0] == "git" else [str(REPO_ROOT / ".venvs/quantize/bin/dvc"), *cmd[1:]],
-                       cwd=project, check=True, capture_output=True)
+    project = make_project(tmp_path_factory.mktemp("eval-project") / "project")
     write_params(project / "params.yaml", base={"source": str(tiny_llama_dir)},
                  calibration={"sources": [{"uri": "builtin://lee-news"}], "n_samples": 16, "seq_len": 128,
                               "heldout_max_docs": 8},
-                  variants={"fp8-dynamic": {"method": "fp8"}},
+                 variants={"fp8-dynamic": {"method": "fp8"}},
                  eval={"tasks": ["heldout_perplexity", "gsm8k_local"], "limit": 2, "max_model_len": 1024,
                        "gate": {"min_recovery": 0.9}})
     result = dvc(project, "repro", "evaluate@fp8-dynamic", check=False)

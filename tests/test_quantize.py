@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from quantbuild._io import safetensors_headers, sha256_file
 from quantbuild.config import parse_params
 from quantbuild.errors import ConfigError, EnvironmentSetupError
 from quantbuild.quantize import load_backend, register
@@ -67,14 +67,8 @@ def tiny_variants(tiny_llama_dir, tiny_calibration, tmp_path_factory) -> dict[st
 
 def layer_bytes(model_dir: Path) -> int:
     """Bytes of every tensor inside the decoder layers (what quantization shrinks)."""
-    total = 0
-    for path in model_dir.glob("*.safetensors"):
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        total += sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
-                     if k != "__metadata__" and ".layers." in k)
-    return total
+    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in safetensors_headers(model_dir).items()
+               if ".layers." in k)
 
 
 @pytest.mark.parametrize("name", list(TINY_VARIANTS))
@@ -89,8 +83,7 @@ def test_each_method_and_backend_on_the_tiny_model(name, tiny_variants, tiny_lla
     assert layer_bytes(folder / "model") / layer_bytes(tiny_llama_dir) < SIZE_BOUND[name]
     assert record["size_bytes"] < record["base"]["size_bytes"]
     assert record["seconds"] > 0 and record["peak_rss_mb"] > 100
-    assert record["calibration"]["sha256"] == __import__("quantbuild._io", fromlist=["x"]).sha256_file(
-        tiny_calibration / "calibration.jsonl")
+    assert record["calibration"]["sha256"] == sha256_file(tiny_calibration / "calibration.jsonl")
     expected_samples = TINY_VARIANTS[name].get("n_samples", 16)
     if name != "fp8-dynamic":
         assert record["calibration"]["samples_used"] == expected_samples

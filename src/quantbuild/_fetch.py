@@ -5,15 +5,15 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import math
 import shutil
-import struct
 import time
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._io import atomic_outputs, file_manifest, sha256_file, write_json
+from ._io import atomic_outputs, file_manifest, safetensors_headers, sha256_file, write_json
 from ._progress import log
 from ._retry import with_retries
 from .config import BaseConfig, model_source_kind
@@ -224,18 +224,7 @@ def _card_metadata(staging: Path) -> dict[str, Any]:
 
 def count_parameters(folder: Path) -> int:
     """Sum of tensor elements from the safetensors headers (no weights loaded)."""
-    total = 0
-    for path in folder.glob("*.safetensors"):
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                n = 1
-                for dim in entry["shape"]:
-                    n *= dim
-                total += n
-    return total
+    return sum(math.prod(entry["shape"]) for entry in safetensors_headers(folder).values())
 
 
 def fetch_model(base: BaseConfig, out_dir: str | Path, record_path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
 import shutil
 import tempfile
 from pathlib import Path
@@ -87,6 +88,18 @@ def _normalize_modes(path: Path) -> None:
     for p in paths:
         if not p.is_symlink():
             p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def safetensors_headers(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Every tensor's header entry (dtype, shape, data_offsets) across a folder's *.safetensors files,
+    read without loading any weights."""
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        entries.update({k: v for k, v in header.items() if k != "__metadata__"})
+    return entries
 
 
 def write_json(path: str | Path, data: Any) -> None:

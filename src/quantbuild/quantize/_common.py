@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import safetensors_headers
 from .._progress import fmt_seconds, log
 from ..config import VariantConfig
 from ..errors import ConfigError
@@ -57,13 +57,7 @@ class QuantJob:
 
 
 def safetensors_shapes(model_dir: Path) -> dict[str, list[int]]:
-    shapes: dict[str, list[int]] = {}
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
-    return shapes
+    return {name: entry["shape"] for name, entry in safetensors_headers(model_dir).items()}
 
 
 def linear_modules(model_dir: Path) -> list[str]:
