@@ -91,6 +91,7 @@ def test_each_method_and_backend_on_the_tiny_model(name, tiny_variants, tiny_lla
     assert (folder / "model" / record["recipe_file"]).is_file()  # the recipe travels with the weights
     for needed in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
         assert (folder / "model" / needed).is_file()
+    assert not (Path.cwd() / "logs").exists()  # gptqmodel's own log file stays out of the project
     if record["method"] == "gptq":
         losses = record["module_loss"]
         assert losses and len(losses) == 2 * 7 and all(r["loss"] >= 0 for r in losses)  # 7 linears x 2 layers

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
 
 from .._progress import log
 from ._common import STAGE, LayerProgress, QuantJob, decoder_layers, no_accelerator
@@ -26,7 +29,27 @@ def dynamic_rules(job: QuantJob) -> dict[str, dict[str, Any]] | None:
     return rules or None
 
 
+@contextlib.contextmanager
+def _outside_the_project() -> Iterator[None]:
+    """gptqmodel 7.6 writes a log file under a hard-coded relative `logs/` folder. Run it from a
+    temporary working directory so nothing lands in the user's DVC project (the per-module losses in
+    that log are read from `model.quant_log` instead)."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="quantbuild-gptqmodel-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+
 def run(job: QuantJob) -> None:
+    job.model_dir, job.out_dir = Path(job.model_dir).resolve(), Path(job.out_dir).resolve()
+    with _outside_the_project():
+        _run(job)
+
+
+def _run(job: QuantJob) -> None:
     _cpu_workers()
     import torch
     from gptqmodel import GPTQModel, QuantizeConfig
