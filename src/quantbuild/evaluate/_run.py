@@ -179,9 +179,8 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
                                          "versions": _versions(), "throughput": speed}
         write_json(results_tmp / "lm_eval.json", lm_eval_results)
         write_json(metrics_tmp, metrics)
-        quality_key = next((k for k in ("quality.heldout_perplexity.word_perplexity",) if k in metrics), None)
         write_json(plots_tmp / "quality.json", [{"model": model_name, "size_gb": metrics["size.disk_gb"],
-                                                 "word_perplexity": metrics.get(quality_key) if quality_key else None,
+                                                 "word_perplexity": metrics.get("quality.heldout_perplexity.word_perplexity"),
                                                  "top1_agreement": metrics["closeness.top1_agreement"]}])
         write_json(plots_tmp / "throughput.json", [{"model": model_name, **row} for row in speed])
     log(STAGE, f"{model_name}: evaluated in {fmt_seconds(time.monotonic() - start)}")
