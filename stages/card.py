@@ -1,9 +1,8 @@
-"""DVC stage `card` (delivered by issue #6; the stage name and its paths are fixed by dvc.yaml)."""
+"""DVC stage `card@<variant>`: build/cards/<variant>/README.md from the variant's records."""
 import sys
 
 from quantbuild import api
 from quantbuild._stage import run_stage
 
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else "base"
-    run_stage("card", lambda: api.not_implemented(f"card@{target}", "issue #6"))
+    run_stage("card", lambda: api.card(sys.argv[1]))

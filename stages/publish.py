@@ -1,9 +1,8 @@
-"""DVC stage `publish` (delivered by issue #6; the stage name and its paths are fixed by dvc.yaml)."""
+"""DVC stage `publish@<variant>`: the release on the Hub at HF_ENDPOINT (a "skipped" record when disabled)."""
 import sys
 
 from quantbuild import api
 from quantbuild._stage import run_stage
 
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else "base"
-    run_stage("publish", lambda: api.not_implemented(f"publish@{target}", "issue #6"))
+    run_stage("publish", lambda: api.publish(sys.argv[1]))

@@ -106,6 +106,8 @@ def test_metrics_exist_are_finite_and_fp8_recovers(evaluated):
     assert fp8["closeness.top1_agreement"] >= 0.95 and fp8["gate.passed"] is True
     raw = json.loads((project / "build/eval/fp8-dynamic/results/lm_eval.json").read_text())
     assert "heldout_perplexity" in raw["results"] and raw["quantbuild"]["commands"][0].startswith("lm_eval --model vllm")
+    # The recorded command must work after the stage ends: it names the final tasks folder, not staging.
+    assert all("--include_path build/eval/" in c and ".tmp-" not in c for c in raw["quantbuild"]["commands"])
     assert raw["quantbuild"]["versions"]["vllm"].endswith("+cpu")
     plots = dvc(project, "plots", "show", "--json")
     assert "size_vs_quality" in plots.stdout and "throughput" in plots.stdout

@@ -62,13 +62,17 @@ def test_each_variant_stage_declares_only_its_own_params(project):
     assert declared["publish@awq-w4g64"] == ["publish"]
 
 
-def test_unimplemented_stage_fails_clearly(project):
+def test_card_and_publish_stages_name_the_missing_input(project):
     import subprocess
 
-    result = subprocess.run(["stages/run", "quantize", "stages/card.py", "fp8-dynamic"], cwd=project,
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "error: card@fp8-dynamic: not implemented yet (issue #6)" in result.stderr
+    for script, message in (("card", "error: card@fp8-dynamic: build/base/fetch.json is missing (run `dvc repro "
+                                     "evaluate@fp8-dynamic` first)"),
+                            ("publish", "[publish] fp8-dynamic: skipped (publish.enabled is false)")):
+        result = subprocess.run(["stages/run", "quantize", f"stages/{script}.py", "fp8-dynamic"], cwd=project,
+                                capture_output=True, text=True)
+        assert message in result.stderr, result.stderr
+    assert json.loads((project / "build/publish/fp8-dynamic.json").read_text()) == {
+        "published": False, "variant": "fp8-dynamic", "reason": "publish.enabled is false in params.yaml"}
 
 
 def test_dvc_yaml_declares_every_variant_and_artifact():

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Params, check_against_model, load_params, model_source_kind
-from .errors import ConfigError, NotImplementedStageError
+from .errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
 BASE_MODEL_DIR = "build/base/model"
@@ -79,6 +79,35 @@ def evaluate(name: str, params_path: str | Path = DEFAULT_PARAMS, heldout: str |
                           reference=root / "base" / "results" / "reference.json")
 
 
-def not_implemented(stage: str, issue: str) -> None:
-    raise NotImplementedStageError(f"{stage}: not implemented yet ({issue}); run the stages before it with "
-                                   f"`dvc repro calibrate`, or remove the stage's variants from params.yaml")
+def card(name: str, params_path: str | Path = DEFAULT_PARAMS, out_path: str | Path | None = None,
+         root: str | Path = ".") -> dict[str, Any]:
+    """Render and validate build/cards/<name>/README.md from the variant's records."""
+    from ._card import write_card
+
+    params = _variant_params(params_path, name)
+    return write_card(params, name, Path(out_path or f"build/cards/{name}/README.md"), Path(root))
+
+
+def publish(name: str, params_path: str | Path = DEFAULT_PARAMS, out_path: str | Path | None = None,
+            root: str | Path = ".", dry_run: bool = False) -> dict[str, Any]:
+    """Publish one variant's release (model, card, eval results) to the Hub at HF_ENDPOINT and tag it."""
+    from ._publish import publish_variant
+
+    params = _variant_params(params_path, name)
+    return publish_variant(params, name, Path(out_path or f"build/publish/{name}.json"), Path(root), dry_run=dry_run)
+
+
+def release(version: str, params_path: str | Path = DEFAULT_PARAMS, root: str | Path = ".",
+            variants: list[str] | None = None, commit: bool = True) -> list[dict[str, Any]]:
+    """GTO registry tags `<artifact>@VERSION` for the variants' dvc.yaml artifacts (gate passed only)."""
+    from ._release import release as run
+
+    params = load_params(params_path)
+    return run(params, version, Path(root), variants=variants, commit=commit)
+
+
+def _variant_params(params_path: str | Path, name: str) -> Params:
+    params = load_params(params_path)
+    if name not in params.variants:
+        raise ConfigError([f"variants.{name}: no such variant in params.yaml (variants: {', '.join(params.variants)})"])
+    return params

@@ -86,6 +86,40 @@ def evaluate(params_path: str, model: str) -> None:
 
 
 @main.command()
+@params_option
+@click.argument("variant")
+def card(params_path: str, variant: str) -> None:
+    """Render and validate VARIANT's model card (the `card@VARIANT` stage)."""
+    from . import api
+
+    api.card(variant, params_path)
+
+
+@main.command()
+@params_option
+@click.argument("variant")
+@click.option("--dry-run", is_flag=True, help="Print what would be uploaded where; change nothing.")
+def publish(params_path: str, variant: str, dry_run: bool) -> None:
+    """Publish VARIANT to the Hub at HF_ENDPOINT and tag it publish.version (the `publish@VARIANT` stage)."""
+    from . import api
+
+    api.publish(variant, params_path, dry_run=dry_run)
+
+
+@main.command()
+@params_option
+@click.argument("version")
+@click.option("--variant", "variants", multiple=True, help="Release only these variants (default: every one).")
+@click.option("--no-commit", is_flag=True, help="Fail instead of committing dvc.yaml's updated artifact meta.")
+def release(params_path: str, version: str, variants: tuple[str, ...], no_commit: bool) -> None:
+    """Write GTO registry tags <artifact>@VERSION for the variants that passed their gate."""
+    from . import api
+
+    for row in api.release(version, params_path, variants=list(variants) or None, commit=not no_commit):
+        click.echo(f"{row['tag']}  {row['status']}")
+
+
+@main.command()
 @click.argument("model_or_config", type=click.Path(exists=True))
 @click.option("--context", default=8192, show_default=True, help="Tokens of context per sequence.")
 @click.option("--batch", default=1, show_default=True, help="Concurrent sequences.")

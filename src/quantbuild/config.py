@@ -244,10 +244,20 @@ class EvalConfig:
 
 @dataclass
 class CardConfig:
-    template: Optional[str] = None
+    template: str = "modelcards/quantized_model.md.j2"
+    base_model: Optional[str] = None     # the base model's Hub id; defaults to an hf:// source's id
     language: list[str] = field(default_factory=lambda: ["en"])
     tags: list[str] = field(default_factory=list)
-    license: Optional[str] = None
+    license: Optional[str] = None        # defaults to the base model's license
+    license_name: Optional[str] = None   # for license: other
+    license_link: Optional[str] = None
+    source_url: Optional[str] = None     # where the pipeline's repository lives (for Reproduction)
+
+    def check(self, path: str, problems: Problems) -> None:
+        if self.base_model is not None and not re.match(r"^[\w.-]+/[\w.-]+$", self.base_model):
+            problems.add(f"{path}.base_model", f"{show(self.base_model)} must be a Hub id like org/name")
+        if self.license == "other" and not (self.license_name and self.license_link):
+            problems.add(f"{path}.license", "other needs card.license_name and card.license_link")
 
 
 @dataclass

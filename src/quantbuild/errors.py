@@ -39,9 +39,17 @@ class EnvironmentSetupError(QuantbuildError):
     """A stage's environment or an optional backend is missing."""
 
 
-class NotImplementedStageError(QuantbuildError):
-    """A declared pipeline stage whose implementation has not landed yet."""
-
-
 class HubServerError(QuantbuildError):
     """The local Hub-compatible server was misconfigured."""
+
+
+class CardError(QuantbuildError):
+    """A model card cannot be rendered or does not validate."""
+
+
+class PublishError(QuantbuildError):
+    """A release cannot be published (refused by a rule of ours or by the Hub)."""
+
+
+class ReleaseError(QuantbuildError):
+    """Registry tags cannot be written (dirty tree, a version that exists elsewhere, nothing to release)."""

@@ -129,7 +129,8 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
             for key in lm_eval_results:
                 lm_eval_results[key].update(out.get(key) or {})
             timings["tasks." + "+".join(tasks) + "_s"] = round(time.monotonic() - t0, 2)
-            commands.append(command_line(cfg.engine, engine.args, tasks, tasks_dir, cfg, limit))
+            # The command names the final folder: the staging one is renamed when the stage completes.
+            commands.append(command_line(cfg.engine, engine.args, tasks, results_dir / "tasks", cfg, limit))
         values = _metric_values(lm_eval_results)
         probes = _probe_sequences(heldout, engine.tokenizer)
         t0 = time.monotonic()

@@ -1,0 +1,260 @@
+"""The publish stage: one variant's release as one Hub commit plus an immutable version tag.
+
+Rules: a variant that failed its quality gate is refused; unchanged content makes no commit and uploads
+nothing; an existing version tag is never moved to other content; transient Hub errors are retried (LFS
+objects already uploaded are not sent again, so an interrupted upload resumes). The token comes from
+huggingface_hub (HF_TOKEN or `hf auth login`) and is never printed or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._card import repo_target, strip_credentials, validate_card_text
+from ._io import atomic_outputs, sha256_file, write_json
+from ._progress import log
+from ._retry import with_retries
+from .config import Params
+from .errors import PublishError
+
+STAGE = "publish"
+# Files of a release besides the model folder: the card and the evidence behind it.
+EXTRA_FILES = {
+    "README.md": "build/cards/{v}/README.md",
+    "eval/metrics.json": "build/eval/{v}/metrics.json",
+    "eval/base_metrics.json": "build/eval/base/metrics.json",
+    "eval/lm_eval.json": "build/eval/{v}/results/lm_eval.json",
+    "eval/gate.json": "build/eval/{v}/results/gate.json",
+    "quantbuild/quantize.json": "build/variants/{v}/quantize.json",
+}
+KEEP_REMOTE = {".gitattributes"}  # the Hub creates it; a release does not delete it
+
+
+@dataclass
+class LocalFile:
+    path_in_repo: str
+    local: Path
+    size: int
+    sha256: str
+
+    def git_oid(self) -> str:
+        data = self.local.read_bytes()
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+    def same_as(self, remote) -> bool:
+        """Equal to a huggingface_hub RepoFile: by sha256 for LFS files, by git blob id otherwise."""
+        if remote is None or remote.size != self.size:
+            return False
+        if remote.lfs is not None:
+            return remote.lfs.sha256 == self.sha256
+        return remote.blob_id == self.git_oid()
+
+
+def release_files(root: Path, name: str) -> list[LocalFile]:
+    model = root / "build/variants" / name / "model"
+    if not (model / "config.json").is_file():
+        raise PublishError(f"publish@{name}: no model at {model} (run `dvc repro quantize@{name}` first)")
+    pairs = [(p.relative_to(model).as_posix(), p) for p in sorted(model.rglob("*")) if p.is_file()]
+    for in_repo, rel in EXTRA_FILES.items():
+        path = root / rel.format(v=name)
+        if not path.is_file():
+            raise PublishError(f"publish@{name}: {path} is missing (run `dvc repro card@{name}` first)")
+        pairs.append((in_repo, path))
+    return [LocalFile(p, f, f.stat().st_size, sha256_file(f)) for p, f in pairs]
+
+
+def check_gate(root: Path, name: str) -> None:
+    metrics_path = root / "build/eval" / name / "metrics.json"
+    if not metrics_path.is_file():
+        raise PublishError(f"publish@{name}: {metrics_path} is missing (run `dvc repro evaluate@{name}` first)")
+    if json.loads(metrics_path.read_text()).get("gate.passed") is True:
+        return
+    gate_path = root / "build/eval" / name / "results" / "gate.json"
+    failures = json.loads(gate_path.read_text()).get("failures", []) if gate_path.is_file() else []
+    why = "; ".join(f"{f['metric']} recovery {f.get('recovery', 'not measured')} < {f['minimum']}" for f in failures)
+    raise PublishError(f"publish@{name}: refused: the variant failed its quality gate ({why or 'see gate.json'}); "
+                       f"change the variant or eval.gate in params.yaml and re-run")
+
+
+def _hub_error(exc: Exception, name: str, endpoint: str, repo_id: str, what: str) -> PublishError:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, HfHubHTTPError) and status == 401:
+        return PublishError(f"publish@{name}: the Hub at {endpoint} rejected the token (401 while {what}): "
+                            "set HF_TOKEN to a valid token with write access")
+    if isinstance(exc, HfHubHTTPError) and status == 403:
+        return PublishError(f"publish@{name}: the token may not write to {repo_id} (403 while {what}): use a token "
+                            f"with write access to {repo_id.split('/')[0]}")
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    detail = f"{status}: {first}" if status else f"{type(exc).__name__}: {first}"
+    return PublishError(f"publish@{name}: the Hub at {endpoint} failed while {what} ({detail})")
+
+
+class Publisher:
+    """One variant's release against one endpoint; every network call is retried on transient errors."""
+
+    def __init__(self, params: Params, name: str, root: Path):
+        from huggingface_hub import constants
+
+        self.params, self.name, self.root = params, name, root
+        fetch = json.loads((root / "build/base/fetch.json").read_text())
+        self.repo_id, self.branch, self.tag = repo_target(params, name, fetch)
+        self.endpoint = strip_credentials(constants.ENDPOINT.rstrip("/"))
+        self._api = None
+
+    @property
+    def api(self):
+        if self._api is None:
+            from huggingface_hub import HfApi, get_token
+
+            token = get_token()
+            if not token:
+                raise PublishError(f"publish@{self.name}: no Hub token: set HF_TOKEN (write access to "
+                                   f"{self.repo_id.split('/')[0]}) or run `hf auth login`")
+            self._api = HfApi(token=token)
+        return self._api
+
+    def call(self, what: str, fn):
+        try:
+            return with_retries(fn, stage=STAGE, what=what)
+        except PublishError:
+            raise
+        except Exception as exc:
+            raise _hub_error(exc, self.name, self.endpoint, self.repo_id, what) from None
+
+    def remote_files(self, revision: str) -> dict[str, Any]:
+        from huggingface_hub.hf_api import RepoFile
+
+        tree = self.call(f"listing {self.repo_id}@{revision}", lambda: list(
+            self.api.list_repo_tree(self.repo_id, revision=revision, recursive=True)))
+        return {f.path: f for f in tree if isinstance(f, RepoFile)}
+
+    def validate_remotely(self, card_text: str) -> None:
+        """The Hub's own validate-yaml at HF_ENDPOINT (ModelCard.validate would ask huggingface.co)."""
+        from huggingface_hub.utils import get_session
+
+        def post():
+            response = get_session().post(f"{self.api.endpoint}/api/validate-yaml", headers=self.api._build_hf_headers(),
+                                          json={"content": card_text, "repoType": "model"})
+            if response.status_code == 400:
+                errors = [e.get("message", "") for e in response.json().get("errors", [])]
+                raise PublishError(f"publish@{self.name}: the Hub rejected the card's metadata: {'; '.join(errors)}")
+            from huggingface_hub.utils import hf_raise_for_status
+
+            hf_raise_for_status(response)
+
+        self.call("validating the card", post)
+
+    def diff(self, files: list[LocalFile], remote: dict[str, Any]) -> tuple[list[LocalFile], list[str]]:
+        changed = [f for f in files if not f.same_as(remote.get(f.path_in_repo))]
+        local = {f.path_in_repo for f in files}
+        deleted = sorted(p for p in remote if p not in local and p not in KEEP_REMOTE)
+        return changed, deleted
+
+
+def _record(pub: Publisher, commit: str, new_commit: bool, files: list[LocalFile], changed: list[LocalFile],
+            deleted: list[str]) -> dict[str, Any]:
+    base = f"{pub.endpoint}/{pub.repo_id}"
+    return {"published": True, "variant": pub.name, "repo_id": pub.repo_id, "repo_type": "model",
+            "endpoint": pub.endpoint, "branch": pub.branch, "tag": pub.tag, "version": pub.params.publish.version,
+            "commit": commit, "new_commit": new_commit, "files": len(files),
+            "changed_files": [f.path_in_repo for f in changed], "deleted_files": deleted,
+            "bytes_in_changed_files": sum(f.size for f in changed),
+            "urls": {"repo": base, "tag": f"{base}/tree/{pub.tag}", "commit": f"{base}/commit/{commit}"}}
+
+
+def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path("."), *, dry_run: bool = False) -> dict[str, Any]:
+    cfg = params.publish
+    if not cfg.enabled and not dry_run:
+        record = {"published": False, "variant": name, "reason": "publish.enabled is false in params.yaml"}
+        with atomic_outputs(out_path, field=f"publish@{name} output") as (tmp,):
+            write_json(tmp, record)
+        log(STAGE, f"{name}: skipped (publish.enabled is false)")
+        return record
+    check_gate(root, name)
+    files = release_files(root, name)
+    card_text = (root / EXTRA_FILES["README.md"].format(v=name)).read_text()
+    validate_card_text(card_text, f"publish@{name}: build/cards/{name}/README.md")
+    pub = Publisher(params, name, root)
+    if dry_run:
+        return _dry_run(pub, files)
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    api = pub.api
+    log(STAGE, f"{name}: {pub.endpoint}/{pub.repo_id} (branch {pub.branch}, tag {pub.tag})")
+    pub.call(f"creating {pub.repo_id}", lambda: api.create_repo(pub.repo_id, private=cfg.private, exist_ok=True))
+    pub.validate_remotely(card_text)
+    refs = pub.call("reading refs", lambda: api.list_repo_refs(pub.repo_id))
+    tags = {t.name: t.target_commit for t in refs.tags}
+    branches = {b.name: b.target_commit for b in refs.branches}
+    if pub.tag in tags:  # a version tag is immutable: the same content is a no-op, other content an error
+        changed, deleted = pub.diff(files, pub.remote_files(pub.tag))
+        if changed or deleted:
+            shown = ", ".join([f.path_in_repo for f in changed][:3] + deleted[:3])
+            raise PublishError(f"publish@{name}: tag {pub.tag} of {pub.repo_id} already holds different content "
+                               f"({len(changed) + len(deleted)} files differ: {shown}); tags are never moved: "
+                               "raise publish.version in params.yaml")
+        log(STAGE, f"{name}: {pub.repo_id}@{pub.tag} already holds this release; nothing to upload")
+        record = _record(pub, tags[pub.tag], False, files, [], [])
+    else:
+        if pub.branch not in branches:
+            pub.call(f"creating branch {pub.branch}", lambda: api.create_branch(pub.repo_id, branch=pub.branch, exist_ok=True))
+            branches[pub.branch] = pub.call("reading the new branch", lambda: api.repo_info(pub.repo_id, revision=pub.branch).sha)
+        changed, deleted = pub.diff(files, pub.remote_files(pub.branch))
+        commit = branches[pub.branch]
+        if changed or deleted:
+            log(STAGE, f"{name}: committing {len(changed)} changed files ({sum(f.size for f in changed) / 1e6:.1f} MB)"
+                + (f" and {len(deleted)} deletions" if deleted else ""))
+
+            def make_commit():  # operations are single-use: build them anew on every attempt
+                ops = [CommitOperationAdd(f.path_in_repo, str(f.local)) for f in changed]
+                ops += [CommitOperationDelete(p) for p in deleted]
+                return api.create_commit(pub.repo_id, ops, revision=pub.branch, parent_commit=branches[pub.branch],
+                                         commit_message=f"Release {name} {cfg.version}",
+                                         commit_description=f"Published by quantbuild: {len(changed)} files changed.")
+
+            commit = pub.call("committing", make_commit).oid
+        else:
+            log(STAGE, f"{name}: {pub.branch} already holds this content; tagging it")
+
+        def tag():
+            current = {t.name: t.target_commit for t in api.list_repo_refs(pub.repo_id).tags}
+            if current.get(pub.tag) == commit:  # an earlier attempt created it before its answer was lost
+                return
+            api.create_tag(pub.repo_id, tag=pub.tag, revision=commit, tag_message=f"{name} {cfg.version}")
+
+        pub.call(f"tagging {pub.tag}", tag)
+        record = _record(pub, commit, bool(changed or deleted), files, changed, deleted)
+    with atomic_outputs(out_path, field=f"publish@{name} output") as (tmp,):
+        write_json(tmp, record)
+    log(STAGE, f"{name}: {record['urls']['tag']} -> commit {record['commit'][:12]}"
+        + ("" if record["new_commit"] else " (unchanged)"))
+    return record
+
+
+def _dry_run(pub: Publisher, files: list[LocalFile]) -> dict[str, Any]:
+    """What would be uploaded where. Compares with the Hub when it can be read; writes nothing."""
+    try:
+        remote = pub.remote_files(pub.tag)
+        against = f"tag {pub.tag} (exists: publishing would {'be a no-op' if not pub.diff(files, remote)[0] else 'fail, tags are never moved'})"
+    except PublishError:
+        try:
+            remote, against = pub.remote_files(pub.branch), f"branch {pub.branch}"
+        except PublishError as exc:
+            remote, against = {}, f"nothing (the repo could not be read: {exc})"
+    changed, deleted = pub.diff(files, remote)
+    lines = [f"would publish {pub.name} to {pub.endpoint}/{pub.repo_id} branch {pub.branch}, tag {pub.tag}; "
+             f"compared with {against}"]
+    for f in files:
+        state = "upload" if f in changed else "unchanged"
+        lines.append(f"  {state:<9} {f.size:>12,d}  {f.path_in_repo}")
+    lines += [f"  delete    {'':>12}  {p}" for p in deleted]
+    lines.append(f"{len(changed)} files to upload ({sum(f.size for f in changed) / 1e6:.1f} MB), {len(deleted)} to delete")
+    print("\n".join(lines))
+    return {"dry_run": True, "repo_id": pub.repo_id, "branch": pub.branch, "tag": pub.tag,
+            "upload": [f.path_in_repo for f in changed], "delete": deleted}
