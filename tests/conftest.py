@@ -122,3 +122,19 @@ def dvc(project: Path, *args: str, check: bool = True, timeout: int = 1800) -> s
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def run_vllm_probe(models: list[Path], heldout: Path, tokenizer_dir: Path, tmp_path: Path, n: int = 4,
+                   length: int = 128) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    docs = [json.loads(l)["text"] for l in heldout.read_text().splitlines()][:n]
+    seqs = [tok(d)["input_ids"][:length] for d in docs]
+    (tmp_path / "seqs.json").write_text(json.dumps(seqs))
+    python = REPO_ROOT / ".venvs" / "evaluate" / "bin" / "python"
+    result = subprocess.run([str(python), str(Path(__file__).parent / "vllm_probe.py"), str(tmp_path / "seqs.json"),
+                             *map(str, models)], capture_output=True, text=True, timeout=1500)
+    line = [l for l in result.stdout.splitlines() if l.startswith("PROBE-JSON ")]
+    assert result.returncode == 0 and line, result.stderr[-4000:]
+    return json.loads(line[0][len("PROBE-JSON "):])

@@ -19,7 +19,7 @@ from quantbuild.errors import ConfigError, EnvironmentSetupError
 from quantbuild.quantize import load_backend, register
 from quantbuild.quantize._run import quantize_variant
 
-from .conftest import REPO_ROOT, dvc, write_params
+from .conftest import REPO_ROOT, dvc, run_vllm_probe, write_params
 
 TINY_VARIANTS = {
     "gptq-w4g64": {"method": "gptq", "group_size": 64},                         # gptqmodel (default)
@@ -244,18 +244,3 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
     pairs = [(x, y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b)]
     return sum(x == y for x, y in pairs) / len(pairs)
 
-
-def run_vllm_probe(models: list[Path], heldout: Path, tokenizer_dir: Path, tmp_path: Path, n: int = 4,
-                   length: int = 128) -> dict:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    docs = [json.loads(l)["text"] for l in heldout.read_text().splitlines()][:n]
-    seqs = [tok(d)["input_ids"][:length] for d in docs]
-    (tmp_path / "seqs.json").write_text(json.dumps(seqs))
-    python = REPO_ROOT / ".venvs" / "evaluate" / "bin" / "python"
-    result = subprocess.run([str(python), str(Path(__file__).parent / "vllm_probe.py"), str(tmp_path / "seqs.json"),
-                             *map(str, models)], capture_output=True, text=True, timeout=1500)
-    line = [l for l in result.stdout.splitlines() if l.startswith("PROBE-JSON ")]
-    assert result.returncode == 0 and line, result.stderr[-4000:]
-    return json.loads(line[0][len("PROBE-JSON "):])

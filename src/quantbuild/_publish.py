@@ -157,14 +157,12 @@ class Publisher:
         return changed, deleted
 
 
-def _record(pub: Publisher, commit: str, new_commit: bool, files: list[LocalFile], changed: list[LocalFile],
-            deleted: list[str]) -> dict[str, Any]:
+def _record(pub: Publisher, commit: str, files: list[LocalFile]) -> dict[str, Any]:
+    """The stage's output: what the Hub holds, not what this run did (so re-running leaves it unchanged)."""
     base = f"{pub.endpoint}/{pub.repo_id}"
     return {"published": True, "variant": pub.name, "repo_id": pub.repo_id, "repo_type": "model",
             "endpoint": pub.endpoint, "branch": pub.branch, "tag": pub.tag, "version": pub.params.publish.version,
-            "commit": commit, "new_commit": new_commit, "files": len(files),
-            "changed_files": [f.path_in_repo for f in changed], "deleted_files": deleted,
-            "bytes_in_changed_files": sum(f.size for f in changed),
+            "commit": commit, "files": {f.path_in_repo: f.sha256 for f in files},
             "urls": {"repo": base, "tag": f"{base}/tree/{pub.tag}", "commit": f"{base}/commit/{commit}"}}
 
 
@@ -187,6 +185,10 @@ def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path
 
     api = pub.api
     log(STAGE, f"{name}: {pub.endpoint}/{pub.repo_id} (branch {pub.branch}, tag {pub.tag})")
+    role = pub.call("checking the token", lambda: api.whoami()).get("auth", {}).get("accessToken", {}).get("role")
+    if role == "read":  # fail before any work; a fine-grained token is checked by the Hub on each write
+        raise PublishError(f"publish@{name}: the token may not write to {pub.repo_id} (it is read-only): "
+                           f"use a token with write access to {pub.repo_id.split('/')[0]}")
     pub.call(f"creating {pub.repo_id}", lambda: api.create_repo(pub.repo_id, private=cfg.private, exist_ok=True))
     pub.validate_remotely(card_text)
     refs = pub.call("reading refs", lambda: api.list_repo_refs(pub.repo_id))
@@ -200,7 +202,7 @@ def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path
                                f"({len(changed) + len(deleted)} files differ: {shown}); tags are never moved: "
                                "raise publish.version in params.yaml")
         log(STAGE, f"{name}: {pub.repo_id}@{pub.tag} already holds this release; nothing to upload")
-        record = _record(pub, tags[pub.tag], False, files, [], [])
+        record, changed, deleted = _record(pub, tags[pub.tag], files), [], []
     else:
         if pub.branch not in branches:
             pub.call(f"creating branch {pub.branch}", lambda: api.create_branch(pub.repo_id, branch=pub.branch, exist_ok=True))
@@ -208,8 +210,9 @@ def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path
         changed, deleted = pub.diff(files, pub.remote_files(pub.branch))
         commit = branches[pub.branch]
         if changed or deleted:
-            log(STAGE, f"{name}: committing {len(changed)} changed files ({sum(f.size for f in changed) / 1e6:.1f} MB)"
-                + (f" and {len(deleted)} deletions" if deleted else ""))
+            names = ", ".join(f.path_in_repo for f in changed[:4]) + (", ..." if len(changed) > 4 else "")
+            log(STAGE, f"{name}: committing {len(changed)} changed files ({sum(f.size for f in changed) / 1e6:.1f} MB: "
+                f"{names})" + (f" and {len(deleted)} deletions" if deleted else ""))
 
             def make_commit():  # operations are single-use: build them anew on every attempt
                 ops = [CommitOperationAdd(f.path_in_repo, str(f.local)) for f in changed]
@@ -229,12 +232,13 @@ def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path
             api.create_tag(pub.repo_id, tag=pub.tag, revision=commit, tag_message=f"{name} {cfg.version}")
 
         pub.call(f"tagging {pub.tag}", tag)
-        record = _record(pub, commit, bool(changed or deleted), files, changed, deleted)
+        record = _record(pub, commit, files)
     with atomic_outputs(out_path, field=f"publish@{name} output") as (tmp,):
         write_json(tmp, record)
-    log(STAGE, f"{name}: {record['urls']['tag']} -> commit {record['commit'][:12]}"
-        + ("" if record["new_commit"] else " (unchanged)"))
-    return record
+    new_commit = bool(changed or deleted)
+    log(STAGE, f"{name}: {record['urls']['tag']} -> commit {record['commit'][:12]}" + ("" if new_commit else " (unchanged)"))
+    return {**record, "new_commit": new_commit, "changed_files": [f.path_in_repo for f in changed],
+            "deleted_files": deleted}
 
 
 def _dry_run(pub: Publisher, files: list[LocalFile]) -> dict[str, Any]:

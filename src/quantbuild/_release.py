@@ -77,15 +77,15 @@ def release(params: Params, version: str, root: Path, *, variants: list[str] | N
     artifacts = doc.get("artifacts") or {}
     rows, chosen = [], []
     for name in variants or list(params.variants):
-        artifact = _artifact_for(artifacts, name)
         metrics_path = root / "build/eval" / name / "metrics.json"
         if not metrics_path.is_file():
             raise ReleaseError(f"release: {metrics_path} is missing (run `dvc repro` or `dvc pull` first)")
         if json.loads(metrics_path.read_text()).get("gate.passed") is not True:
             if variants:
                 raise ReleaseError(f"release: {name} failed its quality gate and cannot be released")
-            rows.append({"variant": name, "tag": f"{artifact}@{version}", "status": "skipped: failed its quality gate"})
+            rows.append({"variant": name, "tag": "-", "status": "skipped: failed its quality gate"})
             continue
+        artifact = _artifact_for(artifacts, name)
         meta = _meta(root, name, version)
         if dict(artifacts[artifact].get("meta") or {}) != meta:
             artifacts[artifact]["meta"] = meta

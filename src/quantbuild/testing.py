@@ -86,3 +86,9 @@ def hub() -> Hub:
     handle.server.faults.clear()
     yield handle
     handle.server.faults.clear()
+
+
+@pytest.fixture(scope="session")
+def session_hub() -> Hub:
+    """The same server for module- and session-scoped fixtures (faults are not cleared for them)."""
+    return _state["hub"]

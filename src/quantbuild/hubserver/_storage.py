@@ -211,6 +211,19 @@ class Storage:
             sha = commit["parents"][0] if commit["parents"] else None
         return out
 
+    def repo_lfs(self, rtype: str, repo_id: str) -> set[str]:
+        """LFS objects uploaded to or committed in this repo. As on the Hub, an object stored for another
+        repo must be uploaded again (the bytes are still stored once)."""
+        path = self.repo_dir(rtype, repo_id) / "lfs-objects.json"
+        return set(json.loads(path.read_text())) if path.is_file() else set()
+
+    def add_repo_lfs(self, rtype: str, repo_id: str, oids: Iterable[str]) -> None:
+        with self.lock:
+            known = self.repo_lfs(rtype, repo_id)
+            new = set(oids) - known
+            if new:
+                self._write_json(self.repo_dir(rtype, repo_id) / "lfs-objects.json", sorted(known | new))
+
     def commit(self, rtype: str, repo_id: str, branch: str, operations: list[tuple], title: str, description: str,
                *, parent_commit: str | None = None, author: str = "quantbuild", create_branch: bool = False) -> str:
         """Apply operations atomically. ops: ("add", path, bytes|None, Entry|None), ("delete", path),
@@ -233,6 +246,8 @@ class Storage:
                         entry = Entry(sha, len(data), False, git_blob_oid(data))
                     elif not self.has_blob(entry.sha256, entry.size):
                         raise StorageError(422, f"LFS object {entry.sha256} for {path} was never uploaded")
+                    else:
+                        self.add_repo_lfs(rtype, repo_id, [entry.sha256])
                     tree[path] = entry
                 elif kind == "delete":
                     if path not in tree:

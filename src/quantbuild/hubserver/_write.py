@@ -87,7 +87,8 @@ class WriteRoutes:
 
     @route("POST", r"^/(?P<prefix>datasets/|spaces/)?" + REPO + r"\.git/info/lfs/objects/batch$")
     def lfs_batch(self, prefix: str | None, org: str, name: str) -> None:
-        self._repo((prefix or "models/").rstrip("/"), org, name, write=True)
+        rtype, repo_id, _ = self._repo((prefix or "models/").rstrip("/"), org, name, write=True)
+        in_repo = self.server.storage.repo_lfs(rtype, repo_id)
         body = self._json_body()
         if body.get("operation") != "upload":
             raise HTTPError(400, "only the upload operation is served")
@@ -97,9 +98,9 @@ class WriteRoutes:
             if len(oid) != 64 or size < 0:
                 raise HTTPError(422, f"invalid LFS object {obj!r}")
             item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-            if not self.server.storage.has_blob(oid, size):
+            if oid not in in_repo or not self.server.storage.has_blob(oid, size):
                 ticket = secrets.token_urlsafe(16)
-                self.server.tickets[ticket] = (oid, size, time.time() + TICKET_SECONDS)
+                self.server.tickets[ticket] = (oid, size, time.time() + TICKET_SECONDS, rtype, repo_id)
                 base = self._base_url()
                 item["actions"] = {"upload": {"href": f"{base}/_lfs/{oid}?ticket={ticket}", "header": {}},
                                    "verify": {"href": f"{base}/_lfs/{oid}/verify", "header": {}}}
@@ -113,7 +114,10 @@ class WriteRoutes:
         if ticket is None or ticket[0] != oid or ticket[2] < time.time():
             raise HTTPError(403, "upload URL is invalid or expired; ask the batch endpoint again")
         self.server.storage.put_stream(self._body_chunks(), oid, ticket[1])
+        self.server.storage.add_repo_lfs(ticket[3], ticket[4], [oid])  # kept even if the commit never comes
         self.server.tickets.pop(self.query["ticket"], None)
+        self.server.stats["lfs_uploads"] += 1
+        self.server.stats["lfs_bytes_received"] += ticket[1]
         self._json({})
 
     @route("POST", r"^/_lfs/(?P<oid>[0-9a-f]{64})/verify$")
@@ -161,6 +165,8 @@ class WriteRoutes:
         sha = self.server.storage.commit(rtype, repo_id, rev, operations, header.get("summary") or "update",
                                          header.get("description") or "", parent_commit=header.get("parentCommit"),
                                          author=user["user"])
+        self.server.stats["commits"] += 1
+        self.server.stats["commit_file_bytes"] += sum(len(op[2]) for op in operations if op[0] == "add" and op[2])
         prefix = "" if rtype == "model" else f"{REPO_TYPES[rtype]}/"
         self._json({"commitOid": sha, "commitUrl": f"{self._base_url()}/{prefix}{repo_id}/commit/{sha}",
                     "commitMessage": header.get("summary"), "pullRequestUrl": None})
