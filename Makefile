@@ -6,7 +6,7 @@ setup:
 	envs/setup
 
 demo: setup
-	PATH="$(CURDIR)/$(Q):$$PATH" dvc repro evaluate  # card and publish land with issue #6
+	PATH="$(CURDIR)/$(Q):$$PATH" dvc repro
 
 test: setup
 	PATH="$(CURDIR)/$(Q):$$PATH" $(Q)/python -m pytest $(PYTEST_ARGS)

@@ -1,5 +1,6 @@
 """The demo model end to end (marked slow, run in CI): SmolLM2-135M-Instruct from its GGUF, one variant per
-method plus a deliberately broken one, quantized by the real backends and evaluated by vLLM + lm-eval."""
+method plus a deliberately broken one, quantized by the real backends, evaluated by vLLM + lm-eval, and
+given model cards (publishing is off in the demo, so each publish stage records that it skipped)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def demo(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("demo") / "project")
     write_params(project / "params.yaml", calibration={"n_samples": 16, "seq_len": 256, "heldout_max_docs": 8},
                  variants=VARIANTS, eval={"limit": 4, "max_model_len": 1024, "gate": GATE})
-    result = dvc(project, "repro", "evaluate", check=False, timeout=3600)
+    result = dvc(project, "repro", check=False, timeout=3600)  # everything, as `make demo` (publish is off)
     return project, result
 
 
@@ -63,6 +64,27 @@ def test_broken_variant_fails_its_gate(demo):
     gate = json.loads((project / "build/eval/broken/results/gate.json").read_text())
     assert m["gate.passed"] is False and gate["failures"], (m, gate)
     assert "GATE FAILED: broken: " in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", [*TOP1_BOUND, "broken"])
+def test_cards_report_the_measured_figures(demo, name):
+    from huggingface_hub import ModelCard
+
+    project, _ = demo
+    m = metrics(project, name)
+    card = ModelCard.load(project / f"build/cards/{name}/README.md")
+    text = card.text
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    top1 = f"| top-1 agreement with the base (held-out text) | 1 | {m['closeness.top1_agreement']:.3g} |"
+    assert top1 in text
+    speed_rows = [l for l in text.splitlines() if l.startswith(("| 1 |", "| 8 |", "| 32 |"))]
+    assert len(speed_rows) == 3 and f"| {m['speed.c8.tokens_per_s']:.4g} |" in speed_rows[1]
+    if name == "broken":
+        assert "did not pass its quality gate" in text and "Quality gate FAILED" in text
+    else:
+        assert "Quality gate passed" in text and "did not pass" not in text
+    skipped = json.loads((project / f"build/publish/{name}.json").read_text())
+    assert skipped == {"published": False, "variant": name, "reason": "publish.enabled is false in params.yaml"}
 
 
 def test_vllm_and_hf_agree_on_perplexity(demo, tmp_path):

@@ -109,6 +109,11 @@ def test_metrics_exist_are_finite_and_fp8_recovers(evaluated):
     # The recorded command must work after the stage ends: it names the final tasks folder, not staging.
     assert all("--include_path build/eval/" in c and ".tmp-" not in c for c in raw["quantbuild"]["commands"])
     assert raw["quantbuild"]["versions"]["vllm"].endswith("+cpu")
+    # The card renders vLLM's throughput with the hardware it ran on.
+    dvc(project, "repro", "card@fp8-dynamic")
+    card = (project / "build/cards/fp8-dynamic/README.md").read_text()
+    assert f"| 32 | {base['speed.c32.tokens_per_s']:.4g} | {fp8['speed.c32.tokens_per_s']:.4g} |" in card
+    assert "Generation throughput in vLLM 0.32.0+cpu" in card and "CPU cores (x86_64)" in card
     plots = dvc(project, "plots", "show", "--json")
     assert "size_vs_quality" in plots.stdout and "throughput" in plots.stdout
     diff = dvc(project, "metrics", "show", "--json")

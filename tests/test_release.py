@@ -218,6 +218,26 @@ def test_interrupted_upload_resumes_without_resending(released, tmp_path):
     assert record["new_commit"] and sent == safetensors  # sent once, not twice
 
 
+def test_branch_per_variant_layout(released, tmp_path):
+    from huggingface_hub import HfApi
+
+    project = released["project"]
+    data = yaml.safe_load((project / "params.yaml").read_text())
+    data["publish"].update(layout="branch-per-variant", version="v0.3.0", repo_template="{base}-all-" + Path(released["hub"].repo_id("b")).name)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    from quantbuild import api
+
+    api.card(VARIANT, params, out_path=tmp_path / "README.md", root=project)
+    assert f"--revision {VARIANT}-v0.3.0" in (tmp_path / "README.md").read_text()
+    record = api.publish(VARIANT, params, out_path=tmp_path / "record.json", root=project)
+    assert record["branch"] == VARIANT and record["tag"] == f"{VARIANT}-v0.3.0" and "-all-" in record["repo_id"]
+    refs = HfApi().list_repo_refs(record["repo_id"])
+    assert {b.name for b in refs.branches} == {"main", VARIANT}
+    assert {t.name: t.target_commit for t in refs.tags} == {f"{VARIANT}-v0.3.0": record["commit"]}
+    assert "model.safetensors" not in HfApi().list_repo_files(record["repo_id"], revision="main")
+
+
 def test_no_token_string_in_any_output(released):
     project, hub = released["project"], released["hub"]
     produced = [p for p in (project / "build").rglob("*") if p.is_file()]

@@ -285,7 +285,7 @@ def render_card(params: Params, name: str, root: Path = Path(".")):
     sources = ", ".join(s.get("uri", "?") for s in stats.get("sources") or []) or "n/a"
     context = {
         "repo_id": repo_id, "repo_name": repo_id.split("/")[-1], "variant": name,
-        "version": tag if params.publish.layout == "repo-per-variant" else None,
+        "version": tag,  # the revision consumers pin: v1.2.3, or <variant>-v1.2.3 in one repo with branches
         "base": {"display": base_id or base_repo_name(params, fetch), "display_short": "Base",
                  "url": f"https://huggingface.co/{base_id}" if base_id else None},
         "summary": _summary(metrics, gate),
