@@ -120,6 +120,20 @@ def release(params_path: str, version: str, variants: tuple[str, ...], no_commit
 
 
 @main.command()
+@click.option("--base", "base_rev", required=True, help="Git revision to compare with (e.g. origin/main).")
+@click.option("--out", default="pr-report/report.md", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
+              help="Also render `dvc plots diff` to this folder.")
+def report(base_rev: str, out: str, plots_dir: str | None) -> None:
+    """Markdown report of the pipeline's results against BASE (gate, metrics diff, params diff)."""
+    from pathlib import Path
+
+    from ._report import write_report
+
+    write_report(base_rev, Path(out), Path(plots_dir) if plots_dir else None)
+
+
+@main.command()
 @click.argument("model_or_config", type=click.Path(exists=True))
 @click.option("--context", default=8192, show_default=True, help="Tokens of context per sequence.")
 @click.option("--batch", default=1, show_default=True, help="Concurrent sequences.")

@@ -1,0 +1,57 @@
+"""`quantbuild report`: a Markdown summary of this checkout's pipeline results against a base revision,
+for pull-request comments: the quality gate per variant, `dvc metrics diff --md`, `dvc params diff --md`,
+and `dvc plots diff` rendered to HTML beside it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from ._progress import log
+from .errors import OutputError
+
+STAGE = "report"
+
+
+def _dvc(root: Path, *args: str) -> str:
+    out = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise OutputError(f"report: dvc {' '.join(args)} failed: {(out.stderr or out.stdout).strip().splitlines()[-1:]}")
+    return out.stdout.strip()
+
+
+def _gate_rows(root: Path) -> list[str]:
+    rows = []
+    for metrics_path in sorted((root / "build/eval").glob("*/metrics.json")):
+        name = metrics_path.parent.name
+        if name == "base":
+            continue
+        m = json.loads(metrics_path.read_text())
+        gate_path = metrics_path.parent / "results" / "gate.json"
+        failures = json.loads(gate_path.read_text()).get("failures", []) if gate_path.is_file() else []
+        why = "; ".join(f"{f['metric']} {f.get('recovery', 'n/a')} < {f['minimum']}" for f in failures)
+        verdict = "passed" if m.get("gate.passed") else "**FAILED**"
+        top1 = m.get("closeness.top1_agreement")
+        size = m.get("size.ratio_to_base")
+        rows.append(f"| {name} | {verdict} | {top1 if top1 is not None else 'n/a'} | "
+                    f"{size if size is not None else 'n/a'} | {why} |")
+    return rows
+
+
+def write_report(base_rev: str, out: Path, plots_dir: Path | None = None, root: Path = Path(".")) -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    metrics = _dvc(root, "metrics", "diff", base_rev, "--md", "--precision", "4") or "No metric changed."
+    params = _dvc(root, "params", "diff", base_rev, "--md") or "No parameter changed."
+    lines = [f"## quantbuild: `{head or 'workspace'}` against `{base_rev}`", "",
+             "### Quality gate", "", "| variant | gate | top-1 agreement | size vs base | failures |",
+             "|---|---|---|---|---|", *(_gate_rows(root) or ["| (no variant evaluated) | | | | |"]), "",
+             "### Metrics (`dvc metrics diff`)", "", metrics, "", "### Params (`dvc params diff`)", "", params, ""]
+    if plots_dir is not None:
+        _dvc(root, "plots", "diff", base_rev, "--out", str(plots_dir))
+        lines += [f"Plots (size vs quality, throughput): `{plots_dir}/index.html` in this run's artifacts.", ""]
+    text = "\n".join(lines)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    log(STAGE, f"wrote {out}")
+    return text

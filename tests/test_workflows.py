@@ -1,0 +1,87 @@
+"""The GitHub workflows: schema-valid, no high-severity zizmor finding, pinned, least privilege, and
+wired only to scripts and CLI commands of this repo (which the other tests run)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import yaml
+
+from .conftest import REPO_ROOT
+
+WORKFLOWS = REPO_ROOT / ".github" / "workflows"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def steps(workflow: dict):
+    for job in workflow["jobs"].values():
+        yield from job["steps"]
+
+
+def check(folder) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO_ROOT / ".ci/check-workflows"), str(folder)], capture_output=True, text=True)
+
+
+def test_workflows_pass_the_schema_and_zizmor():
+    result = check(WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok -- validation done" in result.stdout and "No findings to report" in result.stdout
+
+
+def test_the_check_fails_on_a_bad_workflow(tmp_path):
+    """An unpinned action with a template injection must fail the check (so the check can fail)."""
+    for name in ("ci.yml", "pr-report.yml", "release.yml"):
+        shutil.copy(WORKFLOWS / name, tmp_path / name)
+    text = (tmp_path / "pr-report.yml").read_text()
+    text = text.replace('run: .ci/pr-report "origin/$BASE_REF" pr-report',
+                        'run: .ci/pr-report "origin/${{ github.event.pull_request.head.ref }}" pr-report')
+    (tmp_path / "pr-report.yml").write_text(text)
+    result = check(tmp_path)
+    assert result.returncode != 0 and "template-injection" in result.stdout
+    (tmp_path / "pr-report.yml").write_text((WORKFLOWS / "pr-report.yml").read_text().replace("timeout-minutes: 90", "timeout-minutes: soon"))
+    result = check(tmp_path)
+    assert result.returncode != 0 and "pr-report.yml" in result.stdout + result.stderr
+
+
+def test_actions_are_pinned_and_permissions_are_least_privilege():
+    for path in WORKFLOWS.glob("*.yml"):
+        workflow = yaml.safe_load(path.read_text())
+        assert workflow["permissions"] == {"contents": "read"}, path.name
+        for step in steps(workflow):
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", step["uses"]), (path.name, step["uses"])
+    assert load("pr-report.yml")["jobs"]["report"]["permissions"] == {"contents": "read", "pull-requests": "write"}
+    assert load("release.yml")["jobs"]["release"]["permissions"] == {"contents": "write"}
+
+
+def test_release_workflow_races_never_and_takes_a_runner_label():
+    release = load("release.yml")
+    assert release["concurrency"] == {"group": "release", "cancel-in-progress": False}
+    triggers = release[True]  # YAML 1.1 reads the key `on` as true
+    assert triggers["push"]["tags"] == ["v*.*.*"] and "version" in triggers["workflow_dispatch"]["inputs"]
+    job = release["jobs"]["release"]
+    assert "inputs.runner" in job["runs-on"] and "vars.QUANTBUILD_RUNNER" in job["runs-on"]
+    assert "QUANTBUILD_EVAL_FLAVOR" in job["env"]
+    step = next(s for s in job["steps"] if s.get("name") == "Release")
+    assert step["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and step["run"] == '.ci/release "$VERSION"'
+    assert not any(s.get("with", {}).get("cache") for s in job["steps"])  # no cache a PR could poison
+
+
+def test_every_run_step_calls_this_repos_scripts_or_commands():
+    allowed = (".ci/", "make setup", "python -m pip install check-jsonschema", "QUANTBUILD_TOOLS_BIN=",
+               "gh pr comment")
+    for path in WORKFLOWS.glob("*.yml"):
+        for step in steps(yaml.safe_load(path.read_text())):
+            if "run" in step:
+                assert step["run"].strip().startswith(allowed), (path.name, step["run"])
+                for script in re.findall(r"\.ci/[\w-]+", step["run"]):
+                    assert (REPO_ROOT / script).stat().st_mode & 0o111, script
+    ci = load("ci.yml")
+    test_step = ci["jobs"]["test"]["steps"][-1]
+    assert test_step["run"] == ".ci/run"
+    assert "make test" in (REPO_ROOT / ".ci/run").read_text()  # the README's test command
