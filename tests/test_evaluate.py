@@ -87,7 +87,8 @@ def evaluated(tiny_llama_dir, tmp_path_factory):
                               "heldout_max_docs": 8},
                  variants={"fp8-dynamic": {"method": "fp8"}},
                  eval={"tasks": ["heldout_perplexity", "gsm8k_local"], "limit": 2, "max_model_len": 1024,
-                       "gate": {"min_recovery": 0.9}})
+                       "gate": {"min_recovery": 0.9}},
+                 card={"base_model": None, "license": "apache-2.0"})  # a random model: no Hub id, no license
     result = dvc(project, "repro", "evaluate@fp8-dynamic", check=False)
     return project, result
 
