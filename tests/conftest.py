@@ -96,8 +96,8 @@ def make_project(dest: Path) -> Path:
                            text=True, check=True).stdout.split()
     for rel in files:
         src = REPO_ROOT / rel
-        # build/ holds this checkout's own pipeline outputs (metrics etc.): a project starts without them
-        if src.is_file() and not rel.startswith((".dvc/", "build/")):
+        # build/ and dvc.lock hold this checkout's own pipeline results: a project starts without them
+        if src.is_file() and not rel.startswith((".dvc/", "build/")) and rel != "dvc.lock":
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     (dest / ".venvs").symlink_to(REPO_ROOT / ".venvs")

@@ -17,7 +17,8 @@ STAGE = "report"
 def _dvc(root: Path, *args: str) -> str:
     out = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
     if out.returncode != 0:
-        raise OutputError(f"report: dvc {' '.join(args)} failed: {(out.stderr or out.stdout).strip().splitlines()[-1:]}")
+        lines = [l for l in (out.stderr + out.stdout).splitlines() if l.startswith("ERROR")] or [out.stderr.strip()[-300:]]
+        raise OutputError(f"report: dvc {' '.join(args)} failed: {lines[0]}")
     return out.stdout.strip()
 
 
@@ -48,8 +49,16 @@ def write_report(base_rev: str, out: Path, plots_dir: Path | None = None, root: 
              "|---|---|---|---|---|", *(_gate_rows(root) or ["| (no variant evaluated) | | | | |"]), "",
              "### Metrics (`dvc metrics diff`)", "", metrics, "", "### Params (`dvc params diff`)", "", params, ""]
     if plots_dir is not None:
-        _dvc(root, "plots", "diff", base_rev, "--out", str(plots_dir))
-        lines += [f"Plots (size vs quality, throughput): `{plots_dir}/index.html` in this run's artifacts.", ""]
+        # dvc exits non-zero when a declared plot file is missing at a revision (a variant added or
+        # removed) yet still renders the rest: keep the page and say so.
+        Path(root, plots_dir).parent.mkdir(parents=True, exist_ok=True)
+        plots = subprocess.run(["dvc", "plots", "diff", base_rev, "--out", str(plots_dir)], cwd=root,
+                               capture_output=True, text=True)
+        if (Path(root) / plots_dir / "index.html").is_file() or Path(plots_dir, "index.html").is_file():
+            note = " (some declared plot files are missing at one of the revisions)" if plots.returncode else ""
+            lines += [f"Plots (size vs quality, throughput): `{plots_dir}/index.html` in this run's artifacts{note}.", ""]
+        else:
+            raise OutputError(f"report: dvc plots diff {base_rev} wrote nothing: {plots.stderr.strip()[-300:]}")
     text = "\n".join(lines)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -119,12 +119,12 @@ def release(params_path: str, version: str, variants: tuple[str, ...], no_commit
         click.echo(f"{row['tag']}  {row['status']}")
 
 
-@main.command()
+@main.command("report")
 @click.option("--base", "base_rev", required=True, help="Git revision to compare with (e.g. origin/main).")
 @click.option("--out", default="pr-report/report.md", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
               help="Also render `dvc plots diff` to this folder.")
-def report(base_rev: str, out: str, plots_dir: str | None) -> None:
+def report_command(base_rev: str, out: str, plots_dir: str | None) -> None:
     """Markdown report of the pipeline's results against BASE (gate, metrics diff, params diff)."""
     from pathlib import Path
 
