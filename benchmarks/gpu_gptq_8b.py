@@ -3,6 +3,10 @@
 Prints wall time of the quantization and the GPU's peak memory.
 
     python benchmarks/gpu_gptq_8b.py --tokenizer DIR [--samples 512] [--seq-len 2048] [--batch-size 1] [--layers 32]
+                                     [--offload-device cpu|cuda] [--tf32]
+
+--offload-device cuda keeps the activations between layers on the GPU (llm-compressor's default, cpu,
+moves them over PCIe every layer); --tf32 lets the fp32 Hessian accumulation use tensor cores.
 
 Runs where an NVIDIA GPU is (the project's `device` tool); needs llmcompressor + compressed-tensors.
 """
@@ -55,6 +59,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--offload-device", default="cpu", help="where activations wait between layers")
+    parser.add_argument("--tf32", action="store_true", help="TF32 tensor cores for fp32 matmuls (the Hessians)")
     parser.add_argument("--tokenizer", required=True, help="any tokenizer folder: samples are token ids already")
     args = parser.parse_args()
     start = time.monotonic()
@@ -69,16 +75,18 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)  # llm-compressor wants a processor
     recipe = [GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])]
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.cuda.reset_peak_memory_stats()
     start = time.monotonic()
     oneshot(model=model, recipe=recipe, dataset=data, num_calibration_samples=args.samples,
             max_seq_length=args.seq_len, batch_size=args.batch_size, shuffle_calibration_samples=False,
-            processor=tokenizer)
+            processor=tokenizer, sequential_offload_device=args.offload_device)
     wall = time.monotonic() - start
     peak_alloc = torch.cuda.max_memory_allocated() / 2**30
     peak_reserved = torch.cuda.max_memory_reserved() / 2**30
     print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}")
-    print(f"GPTQ W4A16 g128, {args.samples} x {args.seq_len} tokens, batch {args.batch_size}: "
+    print(f"GPTQ W4A16 g128, {args.samples} x {args.seq_len} tokens, batch {args.batch_size}, "
+          f"activations on {args.offload_device}, tf32 {args.tf32}, {args.layers} layers: "
           f"wall {wall:.1f} s ({wall / 60:.2f} min); GPU peak allocated {peak_alloc:.1f} GiB, "
           f"reserved {peak_reserved:.1f} GiB (goal <= 5 min and <= 20 GiB)")
 

@@ -103,8 +103,11 @@ def make_project(dest: Path) -> Path:
     (dest / ".venvs").symlink_to(REPO_ROOT / ".venvs")
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
-    for cmd in (["git", "init", "-q"], [str(VENV_BIN / "dvc"), "init", "-q"],
-                [str(VENV_BIN / "dvc"), "config", "core.analytics", "false"],
+    for cmd in (["git", "init", "-q"], [str(VENV_BIN / "dvc"), "init", "-q"]):
+        subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)
+    # The repo's DVC config (default remote "local"), pointed inside the test's folder.
+    shutil.copy2(REPO_ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    for cmd in ([str(VENV_BIN / "dvc"), "remote", "modify", "local", "url", str(dest.parent / "dvc-remote")],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)
     return dest

@@ -53,9 +53,10 @@ def shipped(session_hub, tiny_llama_dir, tmp_path_factory):
                  card={"base_model": None},
                  publish={"enabled": True, "namespace": hub.user, "version": "v0.1.0",
                           "repo_template": "{base}-{variant}-" + Path(hub.repo_id("ship")).name})
-    dvc(project, "remote", "add", "-d", "local", str(root / "dvc-store"))
+    # the repo's default remote "local" (make_project points it at a folder beside the project)
+    assert dvc(project, "remote", "list").stdout.split()[:2] == ["local", str(root / "dvc-remote")]
     run(project, "git", "add", "-A")
-    run(project, "git", "commit", "-qm", "release params and a DVC remote")
+    run(project, "git", "commit", "-qm", "release params")
     run(project, "git", "remote", "add", "origin", str(root / "origin.git"))
     run(project, "git", "push", "-q", "origin", "HEAD:refs/heads/main")
     mismatch = run(project, ".ci/release", "v9.9.9", check=False)
