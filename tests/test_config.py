@@ -114,6 +114,8 @@ def test_calibration_source_checks():
     ({"method": "gptk"}, "variants.v.method: 'gptk' must be one of 'gptq', 'awq', 'fp8', 'int8' (did you mean"),
     ({"method": "gptq", "group_size": 100}, "variants.v.group_size: 100 is not supported"),
     ({"method": "gptq", "keep": ["self_attn.(q"]}, "variants.v.keep[0]: 'self_attn.(q' is not a valid regular"),
+    ({"method": "gptq", "activations_device": "gpu"}, "variants.v.activations_device: 'gpu' must be one of 'auto', "
+     "'cpu', 'cuda'"),
 ])
 def test_bad_variant_settings(settings, expected):
     data = demo()
