@@ -143,3 +143,31 @@ def test_stage_errors_are_one_line(evaluated):
                          capture_output=True, text=True)
     assert run.returncode == 2 and "error: evaluate@fp8-dynamic: no model at build/variants/fp8-dynamic/model " \
                                    "(run dvc repro quantize@fp8-dynamic first)" in run.stderr
+
+
+@pytest.mark.slow
+def test_vllm_and_hf_engines_agree_within_a_tenth_of_a_percent(evaluated, tmp_path):
+    """Same model, same held-out task, both engines at float32 (no bf16 kernel rounding between them):
+    every perplexity metric within 0.1%. (At bfloat16, tests/test_demo.py allows the measured gap.)"""
+    project, result = evaluated
+    assert result.returncode == 0
+    code = ("import json, sys\n"
+            "from pathlib import Path\n"
+            "from quantbuild.config import load_params\n"
+            "from quantbuild.evaluate._run import evaluate_model\n"
+            "if __name__ == '__main__':\n"
+            "    out = {}\n"
+            "    for engine in ('vllm', 'hf'):\n"
+            "        cfg = load_params('params.yaml').eval\n"
+            "        cfg.engine, cfg.tasks, cfg.dtype = engine, ['heldout_perplexity'], 'float32'\n"
+            "        d = Path(sys.argv[1]) / engine\n"
+            "        out[engine] = evaluate_model(cfg, 'base', Path('build/base/model'),\n"
+            "            Path('build/calibration/heldout.jsonl'), d / 'results', d / 'metrics.json', d / 'plots')\n"
+            "    print('ENGINES-JSON', json.dumps(out))\n")
+    run = subprocess.run([str(project / ".venvs/evaluate/bin/python"), "-c", code, str(tmp_path)], cwd=project,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads([l for l in run.stdout.splitlines() if l.startswith("ENGINES-JSON")][0][len("ENGINES-JSON "):])
+    for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        key = f"quality.heldout_perplexity.{metric}"
+        assert out["hf"][key] == pytest.approx(out["vllm"][key], rel=1e-3), (metric, out["hf"][key], out["vllm"][key])

@@ -226,6 +226,9 @@ class EvalConfig:
     seed: int = 1234
     batch_size: int = 8
     max_model_len: int = 2048
+    # The activation dtype of every evaluated model. bfloat16 is how they are served; float32 removes
+    # kernel rounding when comparing engines (vLLM and hf agree to ~0.04% in bits per byte at bf16).
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     apply_chat_template: bool = False
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1

@@ -23,7 +23,7 @@ def on_cpu() -> bool:
 def engine_args(engine: str, model_dir: str | Path, cfg: EvalConfig, cpu: bool) -> dict[str, Any]:
     """The lm-eval model_args for a model: the same for the baseline and every variant."""
     if engine == "vllm":
-        args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": "bfloat16", "max_model_len": cfg.max_model_len,
+        args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": cfg.dtype, "max_model_len": cfg.max_model_len,
                                 "seed": cfg.seed, "batch_size": cfg.batch_size, "max_logprobs": TOP_K,
                                 "tensor_parallel_size": cfg.tensor_parallel_size,
                                 "data_parallel_size": cfg.data_parallel_size}
@@ -32,7 +32,7 @@ def engine_args(engine: str, model_dir: str | Path, cfg: EvalConfig, cpu: bool) 
         return args
     # transformers scores rolling windows of max_length; vLLM of max_model_len - 2 (lm-eval's accounting
     # for the prefix token), so these match and the two engines give the same perplexity.
-    args = {"pretrained": str(model_dir), "dtype": "bfloat16", "batch_size": cfg.batch_size,
+    args = {"pretrained": str(model_dir), "dtype": cfg.dtype, "batch_size": cfg.batch_size,
             "max_length": cfg.max_model_len - 2}
     if cpu:
         args["device"] = "cpu"  # lm-eval's HFLM assumes cuda otherwise
