@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_outputs
-from ._progress import log
+from ._progress import fmt_seconds, log
 from .config import Params
 from .errors import CardError
 
@@ -61,8 +61,6 @@ def _size(n_bytes: float) -> str:
 
 
 def _seconds(seconds: float | None) -> str:
-    from ._progress import fmt_seconds
-
     return "n/a" if seconds is None else fmt_seconds(seconds)
 
 

@@ -8,7 +8,6 @@ huggingface_hub (HF_TOKEN or `hf auth login`) and is never printed or written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from ._progress import log
 from ._retry import with_retries
 from .config import Params
 from .errors import PublishError
+from .hubserver._storage import git_blob_oid  # the same blob id the Hub (and git) computes
 
 STAGE = "publish"
 # Files of a release besides the model folder: the card and the evidence behind it.
@@ -42,8 +42,7 @@ class LocalFile:
     sha256: str
 
     def git_oid(self) -> str:
-        data = self.local.read_bytes()
-        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        return git_blob_oid(self.local.read_bytes())
 
     def same_as(self, remote) -> bool:
         """Equal to a huggingface_hub RepoFile: by sha256 for LFS files, by git blob id otherwise."""
@@ -101,7 +100,7 @@ class Publisher:
     def __init__(self, params: Params, name: str, root: Path):
         from huggingface_hub import constants
 
-        self.params, self.name, self.root = params, name, root
+        self.params, self.name = params, name
         fetch = json.loads((root / "build/base/fetch.json").read_text())
         self.repo_id, self.branch, self.tag = repo_target(params, name, fetch)
         self.endpoint = strip_credentials(constants.ENDPOINT.rstrip("/"))
@@ -243,15 +242,18 @@ def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path
 
 def _dry_run(pub: Publisher, files: list[LocalFile]) -> dict[str, Any]:
     """What would be uploaded where. Compares with the Hub when it can be read; writes nothing."""
+    tagged = True
     try:
-        remote = pub.remote_files(pub.tag)
-        against = f"tag {pub.tag} (exists: publishing would {'be a no-op' if not pub.diff(files, remote)[0] else 'fail, tags are never moved'})"
+        remote, against = pub.remote_files(pub.tag), f"tag {pub.tag}"
     except PublishError:
+        tagged = False
         try:
             remote, against = pub.remote_files(pub.branch), f"branch {pub.branch}"
         except PublishError as exc:
             remote, against = {}, f"nothing (the repo could not be read: {exc})"
     changed, deleted = pub.diff(files, remote)
+    if tagged:  # the same rule publish applies: any difference under an existing tag is refused
+        against += f" (exists: publishing would {'fail, tags are never moved' if changed or deleted else 'be a no-op'})"
     lines = [f"would publish {pub.name} to {pub.endpoint}/{pub.repo_id} branch {pub.branch}, tag {pub.tag}; "
              f"compared with {against}"]
     for f in files:
