@@ -13,7 +13,7 @@ from typing import Any
 
 from ._io import atomic_outputs, sha256_file, write_json
 from ._progress import Progress, log
-from .config import CalibrationConfig, CalibrationSource
+from .config import CalibrationConfig, CalibrationSource, domain_name
 from .errors import CalibrationError
 
 STAGE = "calibrate"
@@ -108,13 +108,14 @@ def _hub_documents(src: CalibrationSource, field: str, where: str, chat: bool) -
                   "endpoint": constants.ENDPOINT}
 
 
-def load_documents(cfg: CalibrationConfig) -> tuple[list[tuple[int, Any]], list[dict]]:
+def load_documents(cfg: CalibrationConfig, sources: list[CalibrationSource] | None = None,
+                   section: str = "sources") -> tuple[list[tuple[int, Any]], list[dict]]:
     from ._textdata import builtin_documents
 
     docs: list[tuple[int, Any]] = []
     provenance = []
-    for i, src in enumerate(cfg.sources):
-        where = f"calibration.sources[{i}]"
+    for i, src in enumerate(cfg.sources if sources is None else sources):
+        where = f"calibration.{section}[{i}]"
         field = src.text_field or cfg.text_field
         if src.uri.startswith("builtin://"):
             found, info = builtin_documents(src.uri[len("builtin://"):])
@@ -127,7 +128,8 @@ def load_documents(cfg: CalibrationConfig) -> tuple[list[tuple[int, Any]], list[
         if not found:
             raise CalibrationError(f"{where}.uri: {src.uri} gave no documents; check the file or split")
         docs += [(i, d) for d in found]
-        provenance.append({"uri": src.uri, "documents": len(found), "text_field": field, **info})
+        provenance.append({"uri": src.uri, "domain": domain_name(src), "documents": len(found), "text_field": field,
+                           **info})
     return docs, provenance
 
 
@@ -139,6 +141,27 @@ def _doc_key(doc: Any) -> str:
 def _unit(seed: int, key: str) -> float:
     """A uniform number in [0, 1) fixed by the seed and the document alone (not by its neighbours)."""
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / float(1 << 48)
+
+
+def cap_heldout(items: list, cfg: CalibrationConfig) -> list:
+    """Per source (so every domain is scored on its own text): at most heldout_max_docs documents and
+    heldout_max_chars characters, the last document cut at a word boundary to fit."""
+    docs: dict[Any, int] = {}
+    chars: dict[Any, int] = {}
+    out = []
+    for src, doc, key in items:
+        if cfg.heldout_max_docs is not None and docs.get(src, 0) >= cfg.heldout_max_docs:
+            continue
+        if cfg.heldout_max_chars is not None and isinstance(doc, str):
+            room = cfg.heldout_max_chars - chars.get(src, 0)
+            if room < cfg.min_chars:
+                continue
+            if len(doc) > room:
+                doc = doc[:room].rsplit(" ", 1)[0]
+            chars[src] = chars.get(src, 0) + len(doc)
+        docs[src] = docs.get(src, 0) + 1
+        out.append((src, doc, key))
+    return out
 
 
 def split_documents(docs: list[tuple[int, Any]], cfg: CalibrationConfig) -> tuple[list, list, dict]:
@@ -168,8 +191,7 @@ def split_documents(docs: list[tuple[int, Any]], cfg: CalibrationConfig) -> tupl
     n_held = sum(1 for item in kept if _unit(cfg.seed, item[2]) < cfg.heldout_share)
     n_held = min(max(n_held, 1), len(kept) - 1)
     heldout, calib = scored[:n_held], scored[n_held:]
-    if cfg.heldout_max_docs is not None:
-        heldout = heldout[: cfg.heldout_max_docs]
+    heldout = cap_heldout(heldout, cfg)
     counts.update({"documents_kept": len(kept), "heldout_documents": len(heldout), "calibration_documents": len(calib)})
     return calib, heldout, counts
 
@@ -243,6 +265,17 @@ def calibrate(cfg: CalibrationConfig, model_dir: str | Path, out_calib: str | Pa
     start = time.monotonic()
     docs, provenance = load_documents(cfg)
     calib_docs, heldout_docs, counts = split_documents(docs, cfg)
+    domains = [domain_name(src) for src in cfg.sources]
+    heldout_rows = [(domains[src], doc, key) for src, doc, key in heldout_docs]
+    if cfg.heldout_sources:
+        # Whole texts of domains calibration never sees: activation scales fit to one domain may not carry.
+        extra, extra_prov = load_documents(cfg, cfg.heldout_sources, "heldout_sources")
+        provenance += [{**p, "heldout_only": True} for p in extra_prov]
+        calib_keys = {key for _, _, key in calib_docs}
+        names = [domain_name(src) for src in cfg.heldout_sources]
+        fresh = [(names[src], doc, _doc_key(doc)) for src, doc in extra
+                 if (len(doc) if isinstance(doc, str) else cfg.min_chars) >= cfg.min_chars]
+        heldout_rows += cap_heldout([row for row in fresh if row[2] not in calib_keys], cfg)
     log(STAGE, f"{counts['documents_kept']} documents ({counts['duplicates']} duplicates, {counts['too_short']} "
         f"too short dropped): {len(calib_docs)} for calibration, {len(heldout_docs)} held out")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -260,15 +293,18 @@ def calibrate(cfg: CalibrationConfig, model_dir: str | Path, out_calib: str | Pa
                 fh.write(json.dumps({"text": text, "input_ids": sample["input_ids"],
                                      "n_tokens": len(sample["input_ids"]), "source": sample["source"]}) + "\n")
         with open(held_tmp, "w") as fh:
-            for src, doc, key in heldout_docs:
-                fh.write(json.dumps({"text": _format(doc, tokenizer, False), "source": src, "doc_sha256": key}) + "\n")
+            for domain, doc, key in heldout_rows:
+                fh.write(json.dumps({"text": _format(doc, tokenizer, False), "domain": domain, "doc_sha256": key})
+                         + "\n")
         lengths = [len(s["input_ids"]) for s in samples]
         stats = {
             "n_samples": len(samples), "seq_len": cfg.seq_len, "packing": cfg.packing, "seed": cfg.seed,
             "chat_template": cfg.chat_template, "dedupe": cfg.dedupe, "min_chars": cfg.min_chars,
             "token_lengths": _length_stats(lengths),
-            "heldout": {"documents": len(heldout_docs), "characters": sum(len(_format(d, tokenizer, False))
-                                                                       for _, d, _ in heldout_docs)},
+            "heldout": {"documents": len(heldout_rows),
+                        "characters": sum(len(_format(d, tokenizer, False)) for _, d, _ in heldout_rows),
+                        "domains": {name: sum(1 for d, _, _ in heldout_rows if d == name)
+                                    for name in dict.fromkeys(d for d, _, _ in heldout_rows)}},
             "documents": counts, "sources": provenance,
             "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
                           "sha256": sha256_file(model_dir / "tokenizer.json")
@@ -278,5 +314,5 @@ def calibrate(cfg: CalibrationConfig, model_dir: str | Path, out_calib: str | Pa
         }
         write_json(stats_tmp, stats)
     log(STAGE, f"{len(samples)} samples x {cfg.seq_len} tokens (sha256 {stats['sha256']['calibration'][:12]}), "
-        f"{len(heldout_docs)} held-out documents")
+        f"{len(heldout_rows)} held-out documents ({', '.join(f'{k} {v}' for k, v in stats['heldout']['domains'].items())})")
     return stats

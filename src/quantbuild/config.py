@@ -27,11 +27,16 @@ BUILTIN_TEXTS = ("lee-news", "wikipedia", "pydoc-topics")
 # method -> (allowed bits, allowed backends (first is the default))
 METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     "gptq": ((2, 3, 4, 8), ("gptqmodel", "llmcompressor")),
+    "auto": ((4,), ("llmcompressor",)),   # per-module formats from the sensitivity stage under a bit budget
     "awq": ((4,), ("llmcompressor", "autoawq")),
     "fp8": ((8,), ("llmcompressor",)),
     "int8": ((8,), ("llmcompressor",)),
 }
 GROUP_SIZES = (32, 64, 128, -1)
+RESERVED_NAMES = ("base", "sensitivity", "selection", "calibration", "variants", "cards", "publish", "eval")
+OBSERVERS = ("minmax", "mse", "imatrix_mse")
+TRANSFORMS = ("awq", "spinquant")
+COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 
 
 def model_source_kind(source: str) -> str:
@@ -81,6 +86,7 @@ class CalibrationSource:
     revision: Optional[str] = None
     text_field: Optional[str] = None
     max_docs: Optional[int] = None
+    name: Optional[str] = None       # the text's domain in held-out reports (default: from the uri)
 
     def check(self, path: str, problems: Problems) -> None:
         if self.uri.startswith("builtin://"):
@@ -99,16 +105,30 @@ class CalibrationSource:
             problems.add(f"{path}.max_docs", f"{self.max_docs} must be positive (or remove it for no limit)")
 
 
+def domain_name(src: CalibrationSource) -> str:
+    """A short name for a source's text domain (held-out perplexity is reported per domain)."""
+    if src.name:
+        return src.name
+    uri = src.uri
+    if uri.startswith("builtin://"):
+        return uri[len("builtin://"):]
+    tail = uri.rstrip("/").rsplit("/", 1)[-1]
+    return Path(tail).stem or tail
+
+
 @dataclass
 class CalibrationConfig:
     sources: list[CalibrationSource] = field(default_factory=lambda: [CalibrationSource("builtin://lee-news")])
+    # Scored, never calibrated on: a domain absent from calibration (quality must hold outside it too).
+    heldout_sources: list[CalibrationSource] = field(default_factory=list)
     n_samples: int = 128
     seq_len: int = 512
     seed: int = 0
     chat_template: bool = False
     text_field: str = "text"
     heldout_share: float = 0.1
-    heldout_max_docs: Optional[int] = 64
+    heldout_max_docs: Optional[int] = 64       # per source
+    heldout_max_chars: Optional[int] = 40000   # per source (~10k tokens of English)
     packing: Literal["pack", "truncate"] = "pack"
     dedupe: bool = True
     min_chars: int = 64
@@ -126,13 +146,23 @@ class CalibrationConfig:
                          "(0.1 keeps a tenth of the documents for evaluation)")
         if self.heldout_max_docs is not None and self.heldout_max_docs <= 0:
             problems.add(f"{path}.heldout_max_docs", f"{self.heldout_max_docs} must be positive or null")
+        if self.heldout_max_chars is not None and self.heldout_max_chars < max(self.min_chars, 1):
+            problems.add(f"{path}.heldout_max_chars", f"{self.heldout_max_chars} must be at least min_chars "
+                         f"({self.min_chars}) or null")
         if self.min_chars < 0:
             problems.add(f"{path}.min_chars", f"{self.min_chars} must be 0 or more")
+        if not 0 <= self.seed < 2**32:
+            problems.add(f"{path}.seed", f"{self.seed} must be between 0 and 2**32 - 1 (a random seed)")
+        names = [domain_name(src) for src in self.sources + self.heldout_sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.add(f"{path}.heldout_sources", f"two sources share the domain name {dupes[0]!r}; give one a "
+                         "`name:`")
 
 
 @dataclass
 class VariantConfig:
-    method: Literal["gptq", "awq", "fp8", "int8"] = field(metadata={"help": "gptq, awq, fp8 or int8"})
+    method: Literal["gptq", "awq", "fp8", "int8", "auto"] = field(metadata={"help": "gptq, awq, fp8, int8 or auto"})
     backend: Optional[str] = None
     bits: Optional[int] = None
     group_size: Optional[int] = None
@@ -149,6 +179,19 @@ class VariantConfig:
     # llmcompressor on a GPU: where activations wait between layers. auto = on the GPU (3.3x faster
     # than llmcompressor's own default, cpu; ~17 GiB for 512 x 2048 tokens of an 8B model); cpu on OOM.
     activations_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The quality levers (llmcompressor): the weight observer's range search, transforms applied before
+    # GPTQ in the same oneshot, SmoothQuant's extra up_proj->down_proj pair, per-module formats.
+    observer: Optional[str] = None
+    transforms: list[str] = field(default_factory=list)
+    smoothing_strength: Optional[float] = None
+    smooth_down_proj: bool = False
+    formats: dict[str, str] = field(default_factory=dict)   # module regex -> format name (_formats.FORMATS)
+    # method auto: per-module formats chosen from the sensitivity stage under this budget.
+    max_bits_per_weight: Optional[float] = None
+    candidates: list[str] = field(default_factory=list)
+    max_predicted_kl: Optional[float] = None
+    # What calibration forwards compute in: auto = bf16 where the hardware has it natively, else float32.
+    compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
 
     @property
     def resolved_backend(self) -> str:
@@ -208,13 +251,93 @@ class VariantConfig:
                 re.compile(pattern)
             except re.error as exc:
                 problems.add(f"{path}.keep[{i}]", f"{show(pattern)} is not a valid regular expression ({exc})")
+        self._check_levers(path, problems)
+
+    def _check_levers(self, path: str, problems: Problems) -> None:
+        from ._formats import FORMATS
+
+        llmc = self.resolved_backend == "llmcompressor"
+        if self.observer is not None:
+            if self.observer not in OBSERVERS:
+                problems.add(f"{path}.observer", f"unknown observer {show(self.observer)}"
+                             f"{did_you_mean(str(self.observer), OBSERVERS)}; choose {', '.join(OBSERVERS)}")
+            elif not llmc:
+                problems.add(f"{path}.observer", f"observers are llmcompressor's; set backend: llmcompressor "
+                             f"(not {self.resolved_backend})")
+        for i, name in enumerate(self.transforms):
+            if name not in TRANSFORMS:
+                problems.add(f"{path}.transforms[{i}]", f"unknown transform {show(name)}"
+                             f"{did_you_mean(str(name), TRANSFORMS)}; choose {' or '.join(TRANSFORMS)}")
+        if self.transforms and (self.method not in ("gptq", "auto") or not llmc):
+            problems.add(f"{path}.transforms", "transforms run before GPTQ in llmcompressor: use method gptq "
+                         "(or auto) with backend llmcompressor")
+        if set(self.transforms) >= {"awq", "spinquant"}:
+            problems.add(f"{path}.transforms", "awq and spinquant do not stack (measured worse together); pick one")
+        if self.smooth_down_proj and self.method != "int8":
+            problems.add(f"{path}.smooth_down_proj", "is a SmoothQuant mapping for method int8 (remove the key)")
+        if self.smoothing_strength is not None and (self.method != "int8" or not 0.0 < self.smoothing_strength < 1.0):
+            problems.add(f"{path}.smoothing_strength", "must be between 0 and 1, for method int8 (0.8 is typical)")
+        for pattern, fmt in self.formats.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                problems.add(f"{path}.formats.{pattern}", f"is not a valid regular expression ({exc})")
+            if fmt not in FORMATS:
+                problems.add(f"{path}.formats.{pattern}", f"unknown format {show(fmt)}{did_you_mean(str(fmt), FORMATS)}; "
+                             f"choose one of {', '.join(FORMATS)}")
+        if self.formats and (not llmc or self.method not in ("gptq", "auto")):
+            problems.add(f"{path}.formats", "per-module formats need method gptq (or auto) with backend llmcompressor")
+        for i, fmt in enumerate(self.candidates):
+            if fmt not in FORMATS:
+                problems.add(f"{path}.candidates[{i}]", f"unknown format {show(fmt)}{did_you_mean(str(fmt), FORMATS)}; "
+                             f"choose from {', '.join(FORMATS)}")
+        if self.method == "auto":
+            if self.max_bits_per_weight is None:
+                problems.add(f"{path}.max_bits_per_weight", "is required for method auto (e.g. 4.5)")
+            elif not 2.0 <= self.max_bits_per_weight <= 16.0 or math.isnan(self.max_bits_per_weight):
+                problems.add(f"{path}.max_bits_per_weight", f"{self.max_bits_per_weight} must be between 2 and 16")
+            if self.max_predicted_kl is not None and not self.max_predicted_kl > 0:
+                problems.add(f"{path}.max_predicted_kl", f"{self.max_predicted_kl} must be positive (or remove it)")
+        else:
+            for key in ("max_bits_per_weight", "max_predicted_kl"):
+                if getattr(self, key) is not None:
+                    problems.add(f"{path}.{key}", f"applies to method auto only (remove the key)")
+            if self.candidates:
+                problems.add(f"{path}.candidates", "applies to method auto only (remove the key)")
+
+
+@dataclass
+class SensitivityConfig:
+    formats: list[str] = field(default_factory=lambda: ["w4a16-g64-asym", "w8a8"])
+    n_samples: int = 8          # calibration samples scored (one forward + backward each)
+    seq_len: int = 512
+    seed: int = 0
+    layer_kl: bool = True       # also measure each layer's KL (one forward per layer): validates the ranking
+    layer_kl_samples: int = 4
+
+    def check(self, path: str, problems: Problems) -> None:
+        from ._formats import FORMATS
+
+        if not self.formats:
+            problems.add(f"{path}.formats", "is empty (list the candidate formats, e.g. [w4a16-g64-asym, w8a8])")
+        for i, fmt in enumerate(self.formats):
+            if fmt not in FORMATS:
+                problems.add(f"{path}.formats[{i}]", f"unknown format {show(fmt)}{did_you_mean(str(fmt), FORMATS)}; "
+                             f"choose from {', '.join(FORMATS)}")
+        for key in ("n_samples", "seq_len", "layer_kl_samples"):
+            if getattr(self, key) <= 0:
+                problems.add(f"{path}.{key}", f"{getattr(self, key)} must be positive")
+        if not 0 <= self.seed < 2**32:
+            problems.add(f"{path}.seed", f"{self.seed} must be between 0 and 2**32 - 1")
 
 
 @dataclass
 class GateConfig:
     min_recovery: float = 0.9
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)   # metric (or glob) -> minimum recovery
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)   # per quantization method
     variants: dict[str, dict[str, float]] = field(default_factory=dict)
+    policy: Optional[str] = None    # where the thresholds come from (shown in every gate record and card)
 
 
 @dataclass
@@ -226,25 +349,39 @@ class EvalConfig:
     seed: int = 1234
     batch_size: int = 8
     max_model_len: int = 2048
-    # The activation dtype of every evaluated model. bfloat16 is how they are served; float32 removes
-    # kernel rounding when comparing engines (vLLM and hf agree to ~0.04% in bits per byte at bf16).
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # The activation dtype of every evaluated model. auto: bf16 where the hardware runs it natively (GPUs,
+    # CPUs with AVX512-BF16/AMX), float32 elsewhere; variants always use the baseline's recorded choice.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     apply_chat_template: bool = False
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    # Token perplexity per held-out domain: windows of this many tokens, at most this many per domain.
+    perplexity_window: int = 512
+    perplexity_windows: int = 16
+    # A variant whose format vLLM's build cannot run on this machine (e.g. W4A16 under the AVX2 kernels):
+    # hf evaluates it and the baseline again with transformers, like with like; refuse stops with an error.
+    fallback: Literal["hf", "refuse"] = "hf"
     gate: GateConfig = field(default_factory=GateConfig)
 
     def check(self, path: str, problems: Problems) -> None:
         if self.limit is not None and self.limit <= 0:
             problems.add(f"{path}.limit", f"{self.limit} must be positive (or null for the whole task)")
-        for key in ("batch_size", "max_model_len", "tensor_parallel_size", "data_parallel_size"):
+        for key in ("batch_size", "max_model_len", "tensor_parallel_size", "data_parallel_size", "perplexity_window",
+                    "perplexity_windows"):
             if getattr(self, key) <= 0:
                 problems.add(f"{path}.{key}", f"{getattr(self, key)} must be positive")
         thresholds = [("min_recovery", self.gate.min_recovery)]
         thresholds += [(f"metrics.{k}", v) for k, v in self.gate.metrics.items()]
         thresholds += [(f"variants.{n}.{k}", v) for n, m in self.gate.variants.items() for k, v in m.items()]
+        thresholds += [(f"methods.{n}.{k}", v) for n, m in self.gate.methods.items() for k, v in m.items()]
+        for name in self.gate.methods:
+            if name not in METHODS:
+                problems.add(f"{path}.gate.methods.{name}", f"unknown method{did_you_mean(name, METHODS)}; "
+                             f"methods: {', '.join(METHODS)}")
         for key, value in thresholds:
-            if not (0.0 < value <= 2.0) or math.isnan(value):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                problems.add(f"{path}.gate.{key}", f"{show(value)} must be a number (a recovery ratio)")
+            elif not (0.0 < value <= 2.0) or math.isnan(value):
                 problems.add(f"{path}.gate.{key}", f"{value} must be in (0, 2] (a recovery ratio; 0.95 keeps 95%)")
 
 
@@ -287,6 +424,7 @@ class Params:
     base: BaseConfig = field(metadata={"help": "the model to quantize; see README"})
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     variants: dict[str, VariantConfig] = field(default_factory=dict)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     card: CardConfig = field(default_factory=CardConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
@@ -297,6 +435,19 @@ class Params:
             if not VARIANT_NAME_RE.match(name):
                 problems.add(f"variants.{name}", "variant names must be lower-case letters, digits, '.', '_' "
                              "or '-' (they name folders, DVC stages and Hub repos)")
+            elif name in RESERVED_NAMES:
+                problems.add(f"variants.{name}", f"{name!r} names a pipeline output (build/eval/{name}); "
+                             "rename the variant")
+        sens = self.sensitivity.formats if self.sensitivity else []
+        for name, variant in (self.variants or {}).items():
+            if variant is None or variant.method != "auto":
+                continue
+            from .quantize._common import DEFAULTS
+
+            for fmt in variant.candidates or DEFAULTS["auto"]["candidates"]:
+                if fmt not in sens:
+                    problems.add(f"variants.{name}.candidates", f"{fmt} is not scored by the sensitivity stage "
+                                 f"(add it to sensitivity.formats: {', '.join(sens)})")
         gate = self.eval.gate if self.eval and self.eval.gate else None
         for name in (gate.variants or {}) if gate else {}:
             if name not in (self.variants or {}):

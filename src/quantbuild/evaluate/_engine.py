@@ -107,29 +107,68 @@ class Engine:
             result.append([{str(int(i)): float(v) for v, i in zip(vs, ix)} for vs, ix in zip(values, indices)])
         return result
 
-    def speed(self, prompts: list[list[int]], concurrency: tuple[int, ...] = (1, 8, 32),
+    def token_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """For each sequence, log p(token i | tokens < i) for i >= 1 (the actual tokens, not the top-K)."""
+        if self.kind == "vllm":
+            from vllm import SamplingParams
+            from vllm.inputs import TokensPrompt
+
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+            outs = self.lm.model.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params,
+                                          use_tqdm=False)
+            return [[float(pos[tok].logprob) for pos, tok in zip(out.prompt_logprobs[1:], seq[1:])]
+                    for out, seq in zip(outs, sequences)]
+        import torch
+
+        model = self.lm.model
+        result = []
+        for seq in sequences:
+            with torch.no_grad():
+                logits = model(torch.tensor([seq], device=model.device)).logits[0, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            result.append(logp.gather(1, torch.tensor(seq[1:], device=logp.device)[:, None])[:, 0].tolist())
+        return result
+
+    def speed(self, source_ids: list[int], concurrency: tuple[int, ...] = (1, 8, 32), prompt_tokens: int = 128,
               output_tokens: int = 64) -> list[dict[str, Any]]:
-        """Offline vLLM: all requests of a level start together. TTFT is the wall time of that batch with
-        one output token (prefill + first token); tokens/s counts generated tokens over the batch's wall time."""
+        """Offline vLLM, all requests of a level submitted together. Every request has its own prompt (its first
+        token differs from every other request's, so vLLM's prefix cache can never serve one from another),
+        and the warm-up prompt is never measured. batch_ttft_s: wall time until every request of the level
+        has its first token (prefill + one step); output_tokens_per_s: generated tokens over the wall time
+        of a separate batch of fresh prompts generating `output_tokens` each."""
         if self.kind != "vllm":
             return []
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         llm = self.lm.model
-        llm.generate([TokensPrompt(prompt_token_ids=prompts[0])], SamplingParams(max_tokens=4), use_tqdm=False)
+        body = (source_ids * (prompt_tokens // max(len(source_ids), 1) + 2))[: prompt_tokens * 4]
+        counter = iter(range(10**6))
+
+        def fresh(n: int) -> list:
+            out = []
+            for _ in range(n):
+                k = next(counter)
+                start = (k * 37) % (len(body) - prompt_tokens)
+                ids = body[start:start + prompt_tokens]
+                out.append(TokensPrompt(prompt_token_ids=[100 + k] + ids[1:]))  # a distinct first token
+            return out
+
+        llm.generate(fresh(1), SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up, not measured
         rows = []
         for level in concurrency:
-            batch = [TokensPrompt(prompt_token_ids=prompts[i % len(prompts)]) for i in range(level)]
+            batch = fresh(level)
             start = time.monotonic()
             llm.generate(batch, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True), use_tqdm=False)
             ttft = time.monotonic() - start
+            batch = fresh(level)
             start = time.monotonic()
             outs = llm.generate(batch, SamplingParams(max_tokens=output_tokens, temperature=0.0, ignore_eos=True),
                                 use_tqdm=False)
             wall = time.monotonic() - start
             generated = sum(len(o.outputs[0].token_ids) for o in outs)
-            rows.append({"concurrency": level, "tokens_per_s": round(generated / wall, 2),
-                         "ttft_s": round(ttft, 4), "request_latency_s": round(wall, 3),
-                         "prompt_tokens": len(prompts[0]), "output_tokens": output_tokens})
+            rows.append({"concurrency": level, "output_tokens_per_s": round(generated / wall, 2),
+                         "batch_ttft_s": round(ttft, 4), "request_latency_s": round(wall, 3),
+                         "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
+                         "distinct_prompts": True})
         return rows

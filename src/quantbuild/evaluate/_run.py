@@ -3,10 +3,10 @@ metrics flat for `dvc metrics`, recovery and the quality gate for variants."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from .._progress import fmt_seconds, log
 from ..config import EvalConfig
 from ..errors import ConfigError, EnvironmentSetupError
 from ._closeness import kl_and_agreement
-from ._gate import apply_gate, describe_failures, recovery
+from ._perplexity import domain_windows, token_perplexity
 from ._tasks import HELDOUT_TASK, check_task_names, write_tasks
 
 STAGE = "evaluate"
@@ -60,26 +60,82 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _hardware() -> dict[str, Any]:
-    import os
+def _stored_dtype(model_dir: Path) -> str:
+    config = json.loads((model_dir / "config.json").read_text())
+    return str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
 
-    info = {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count()}
+
+def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype: str, heldout: Path,
+             tasks_dir: Path, manager: Any, final_tasks_dir: Path, probes: list[list[int]] | None,
+             with_speed: bool) -> dict[str, Any]:
+    """Load one model in one engine and measure everything the stage reports for it."""
+    from lm_eval import simple_evaluate
+
+    from ._engine import Engine, command_line
+
+    run_cfg = dataclasses.replace(cfg, dtype=dtype)
+    log(STAGE, f"{model_name}: starting {kind} engine ({dtype}) on {model_dir}")
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-            info["gpus"] = torch.cuda.device_count()
-    except ImportError:  # pragma: no cover
-        pass
-    return info
+        engine = Engine(kind, model_dir, run_cfg)
+    except (RuntimeError, ValueError) as exc:
+        hint = "" if kind == "hf" else "; vLLM's CPU kernels load W4A16, W8A8 and FP8 (not W8A16 or 2/3-bit)"
+        raise EnvironmentSetupError(f"evaluate@{model_name}: {kind} could not load {model_dir} "
+                                    f"({str(exc).splitlines()[0][:160]}; the cause is in the log above){hint}") from None
+    log(STAGE, f"{model_name}: engine up in {fmt_seconds(engine.startup_seconds)}")
+    timings = {"engine_startup_s": round(engine.startup_seconds, 2)}
+    # Perplexity runs on the whole held-out split (its size is calibration.heldout_max_docs);
+    # eval.limit bounds the other tasks.
+    groups = [([t for t in cfg.tasks if t == HELDOUT_TASK], None), ([t for t in cfg.tasks if t != HELDOUT_TASK], cfg.limit)]
+    results: dict[str, Any] = {"results": {}, "configs": {}, "versions": {}, "n-samples": {}}
+    commands = []
+    for tasks, limit in groups:
+        if not tasks:
+            continue
+        t0 = time.monotonic()
+        log(STAGE, f"{model_name}: lm-eval {', '.join(tasks)}" + (f" (limit {limit})" if limit else ""))
+        out = simple_evaluate(model=engine.lm, tasks=tasks, task_manager=manager, limit=limit,
+                              num_fewshot=cfg.num_fewshot, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
+                              torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
+                              apply_chat_template=cfg.apply_chat_template, log_samples=False)
+        for key in results:
+            results[key].update(out.get(key) or {})
+        timings["tasks." + "+".join(tasks) + "_s"] = round(time.monotonic() - t0, 2)
+        # The command names the final folder: the staging one is renamed when the stage completes.
+        commands.append(command_line(kind, engine.args, tasks, final_tasks_dir, run_cfg, limit))
+    values = _metric_values(results)
+    t0 = time.monotonic()
+    windows = domain_windows(heldout, engine.tokenizer, cfg.perplexity_window, cfg.perplexity_windows)
+    for domain, seqs in windows.items():
+        ppl = token_perplexity(engine.token_logprobs(seqs))
+        values[f"ppl.{domain}.token_perplexity"] = ppl["token_perplexity"]
+        log(STAGE, f"{model_name}: {domain}: token perplexity {ppl['token_perplexity']:.4f} "
+            f"({len(seqs)} windows, {ppl['tokens']} tokens)")
+    timings["token_perplexity_s"] = round(time.monotonic() - t0, 2)
+    probes = probes if probes is not None else _probe_sequences(heldout, engine.tokenizer)
+    t0 = time.monotonic()
+    logprobs = engine.top_logprobs(probes)
+    timings["closeness_probe_s"] = round(time.monotonic() - t0, 2)
+    speed: list[dict[str, Any]] = []
+    if with_speed:
+        t0 = time.monotonic()
+        source = [t for seqs in windows.values() for seq in seqs for t in seq][:8192] or [t for p in probes for t in p]
+        speed = engine.speed(source)
+        timings["throughput_s"] = round(time.monotonic() - t0, 2)
+    info = {"engine": kind, "engine_args": engine.args, "dtype": dtype, "commands": commands, "timings": timings}
+    del engine
+    return {"values": values, "probes": probes, "logprobs": logprobs, "speed": speed, "results": results,
+            "info": info, "windows": {d: len(w) for d, w in windows.items()}}
 
 
 def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: Path, results_dir: Path,
                    metrics_path: Path, plots_dir: Path, *, base_metrics: Path | None = None,
                    reference: Path | None = None, base_dir: Path | None = None) -> dict[str, Any]:
     """Evaluate one model. The baseline (model_name 'base') also writes the reference log-probabilities
-    that variants compare against; a variant needs the baseline's metrics and reference."""
+    that variants compare against; a variant needs the baseline's metrics and reference. Where vLLM's
+    build cannot run a variant's format here, the variant and the baseline are both measured with
+    transformers (eval.fallback: hf) so the comparison stays like with like."""
+    from .._hardware import compute_dtype, hardware_record
+
     model_dir, heldout = Path(model_dir), Path(heldout)
     is_base = model_name == "base"
     if not (model_dir / "config.json").is_file():
@@ -87,10 +143,30 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
         raise EnvironmentSetupError(f"evaluate@{model_name}: no model at {model_dir} (run {hint} first)")
     if not heldout.is_file():
         raise EnvironmentSetupError(f"evaluate@{model_name}: {heldout} is missing (run dvc repro calibrate first)")
-    if not is_base and (base_metrics is None or not base_metrics.is_file() or reference is None
-                        or not reference.is_file()):
-        raise EnvironmentSetupError(f"evaluate@{model_name}: the baseline's results are missing "
-                                    "(run dvc repro evaluate_base first)")
+    base: dict[str, Any] = {}
+    if not is_base:
+        if base_metrics is None or not base_metrics.is_file() or reference is None or not reference.is_file():
+            raise EnvironmentSetupError(f"evaluate@{model_name}: the baseline's results are missing "
+                                        "(run dvc repro evaluate_base first)")
+        base = json.loads(base_metrics.read_text())
+    # Like with like: a variant runs in the dtype the baseline was measured in.
+    if is_base or "eval.dtype" not in base:
+        dtype, why = compute_dtype(_stored_dtype(model_dir) if cfg.dtype == "auto" else cfg.dtype)
+        dtype = "float32" if dtype == "auto" else dtype
+    else:
+        dtype, why = base["eval.dtype"], "the baseline's"
+    kind, fallback_reason = cfg.engine, None
+    if kind == "vllm" and not is_base:
+        from ._kernels import missing_kernel
+
+        fallback_reason = missing_kernel(model_dir)
+        if fallback_reason and cfg.fallback == "refuse":
+            raise EnvironmentSetupError(f"evaluate@{model_name}: {fallback_reason}; set eval.fallback: hf to measure "
+                                        "it with transformers, or run on a machine whose vLLM build has the kernel")
+        if fallback_reason:
+            kind = "hf"
+            log(STAGE, f"{model_name}: falling back to transformers: {fallback_reason}")
+    log(STAGE, f"{model_name}: computing in {dtype} ({why})")
     start = time.monotonic()
     with atomic_outputs(results_dir, metrics_path, plots_dir, field=f"evaluate@{model_name} output") as (
             results_tmp, metrics_tmp, plots_tmp):
@@ -99,86 +175,52 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
         tasks_dir = write_tasks(results_tmp / "tasks", heldout)
         manager, known = known_tasks(tasks_dir)
         check_task_names(cfg.tasks, known)
-        from lm_eval import simple_evaluate
-
-        from ._engine import Engine, command_line
-
-        log(STAGE, f"{model_name}: starting {cfg.engine} engine on {model_dir}")
-        try:
-            engine = Engine(cfg.engine, model_dir, cfg)
-        except (RuntimeError, ValueError) as exc:
-            hint = "" if cfg.engine == "hf" else "; vLLM's CPU kernels load W4A16, W8A8 and FP8 (not W8A16 or 2/3-bit)"
-            raise EnvironmentSetupError(f"evaluate@{model_name}: {cfg.engine} could not load {model_dir} "
-                                        f"({str(exc).splitlines()[0][:160]}; the cause is in the log above){hint}") from None
-        log(STAGE, f"{model_name}: engine up in {fmt_seconds(engine.startup_seconds)}")
-        timings = {"engine_startup_s": round(engine.startup_seconds, 2)}
-        # Perplexity runs on the whole held-out split (its size is calibration.heldout_max_docs);
-        # eval.limit bounds the other tasks.
-        groups = [([t for t in cfg.tasks if t == HELDOUT_TASK], None), ([t for t in cfg.tasks if t != HELDOUT_TASK], cfg.limit)]
-        lm_eval_results: dict[str, Any] = {"results": {}, "configs": {}, "versions": {}, "n-samples": {}}
-        commands = []
-        for tasks, limit in groups:
-            if not tasks:
-                continue
-            t0 = time.monotonic()
-            log(STAGE, f"{model_name}: lm-eval {', '.join(tasks)}" + (f" (limit {limit})" if limit else ""))
-            out = simple_evaluate(model=engine.lm, tasks=tasks, task_manager=manager, limit=limit,
-                                  num_fewshot=cfg.num_fewshot, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
-                                  torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
-                                  apply_chat_template=cfg.apply_chat_template, log_samples=False)
-            for key in lm_eval_results:
-                lm_eval_results[key].update(out.get(key) or {})
-            timings["tasks." + "+".join(tasks) + "_s"] = round(time.monotonic() - t0, 2)
-            # The command names the final folder: the staging one is renamed when the stage completes.
-            commands.append(command_line(cfg.engine, engine.args, tasks, results_dir / "tasks", cfg, limit))
-        values = _metric_values(lm_eval_results)
-        probes = _probe_sequences(heldout, engine.tokenizer)
-        t0 = time.monotonic()
-        logprobs = engine.top_logprobs(probes)
-        timings["closeness_probe_s"] = round(time.monotonic() - t0, 2)
-        t0 = time.monotonic()
-        speed = engine.speed([p[:128] for p in probes])
-        timings["throughput_s"] = round(time.monotonic() - t0, 2)
+        ref = json.loads(reference.read_text()) if not is_base else None
+        baseline_run = None
+        if fallback_reason:
+            if base_dir is None or not (Path(base_dir) / "config.json").is_file():
+                raise EnvironmentSetupError(f"evaluate@{model_name}: the fallback needs the base model at {base_dir} "
+                                            "(run dvc repro fetch)")
+            baseline_run = _measure("hf", "base (hf, for the fallback)", Path(base_dir), cfg, dtype, heldout, tasks_dir,
+                                    manager, results_dir / "tasks", ref["sequences"], with_speed=False)
+            ref = {"sequences": baseline_run["probes"], "top_logprobs": baseline_run["logprobs"]}
+        run = _measure(kind, model_name, model_dir, cfg, dtype, heldout, tasks_dir, manager, results_dir / "tasks",
+                       None if is_base else ref["sequences"], with_speed=True)
+        values, probes, logprobs, speed = run["values"], run["probes"], run["logprobs"], run["speed"]
         size = folder_size(model_dir)
-        metrics: dict[str, Any] = {f"quality.{k}": round(v, 6) for k, v in sorted(values.items())}
+        metrics: dict[str, Any] = {f"quality.{k}": round(v, 6) if math.isfinite(v) else None
+                                   for k, v in sorted(values.items())}
         metrics["size.disk_gb"] = round(size / 1e9, 4)
+        metrics["eval.engine"] = kind
+        metrics["eval.dtype"] = dtype
+        if fallback_reason:
+            metrics["eval.fallback"] = fallback_reason
+            for k, v in sorted(baseline_run["values"].items()):
+                metrics[f"baseline.quality.{k}"] = round(v, 6) if math.isfinite(v) else None
         for row in speed:
             level = f"c{row['concurrency']}"
-            metrics[f"speed.{level}.tokens_per_s"] = row["tokens_per_s"]
-            metrics[f"speed.{level}.ttft_s"] = row["ttft_s"]
+            metrics[f"speed.{level}.output_tokens_per_s"] = row["output_tokens_per_s"]
+            metrics[f"speed.{level}.batch_ttft_s"] = row["batch_ttft_s"]
         if is_base:
             write_json(results_tmp / "reference.json", {"sequences": probes, "top_logprobs": logprobs})
             metrics["closeness.kl_mean"] = 0.0
             metrics["closeness.top1_agreement"] = 1.0
         else:
-            ref = json.loads(reference.read_text())
             if ref["sequences"] != probes:
                 raise ConfigError([f"evaluate@{model_name}: held-out probes differ from the baseline's; "
                                    "re-run evaluate_base (dvc repro evaluate_base)"])
             close = kl_and_agreement(ref["top_logprobs"], logprobs)
-            metrics["closeness.kl_mean"] = round(close["kl_mean"], 6)
-            metrics["closeness.top1_agreement"] = round(close["top1_agreement"], 6)
-            base = json.loads(base_metrics.read_text())
+            metrics["closeness.kl_mean"] = None if close["kl_mean"] is None else round(close["kl_mean"], 6)
+            metrics["closeness.top1_agreement"] = (None if close["top1_agreement"] is None
+                                                   else round(close["top1_agreement"], 6))
             metrics["size.ratio_to_base"] = round(size / (base["size.disk_gb"] * 1e9), 4)
-            recoveries = {}
-            for key, value in list(metrics.items()):
-                if key.startswith("quality."):
-                    recoveries[key[len("quality."):]] = recovery(key, base.get(key), value)
-            recoveries["top1_agreement"] = metrics["closeness.top1_agreement"]
-            for key, value in recoveries.items():
-                metrics[f"recovery.{key}"] = None if value is None or math.isnan(value) else round(value, 6)
-            gate = apply_gate(cfg, model_name, recoveries)
-            metrics["gate.passed"] = gate["passed"]
-            metrics["gate.failures"] = len(gate["failures"])
-            write_json(results_tmp / "gate.json", gate)
-            for line in describe_failures(model_name, gate):
-                log(STAGE, "GATE FAILED: " + line)
-            if gate["passed"]:
-                log(STAGE, f"{model_name}: passed its quality gate")
-        lm_eval_results["quantbuild"] = {"model": model_name, "engine": cfg.engine, "engine_args": engine.args,
-                                         "commands": commands, "timings": timings, "hardware": _hardware(),
-                                         "versions": _versions(), "throughput": speed}
-        write_json(results_tmp / "lm_eval.json", lm_eval_results)
+        provenance = {"model": model_name, **run["info"], "fallback": fallback_reason, "dtype_reason": why,
+                      "perplexity_windows": run["windows"], "hardware": hardware_record(), "versions": _versions(),
+                      "throughput": speed}
+        if baseline_run:
+            provenance["baseline_for_fallback"] = baseline_run["info"]
+        run["results"]["quantbuild"] = provenance
+        write_json(results_tmp / "lm_eval.json", run["results"])
         write_json(metrics_tmp, metrics)
         write_json(plots_tmp / "quality.json", [{"model": model_name, "size_gb": metrics["size.disk_gb"],
                                                  "word_perplexity": metrics.get("quality.heldout_perplexity.word_perplexity"),

@@ -23,15 +23,23 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "fp8": {"bits": 8, "scheme": "dynamic", "kv_cache_dtype": "auto"},
     "int8": {"bits": 8, "scheme": "w8a8", "sym": True, "damp_percent": 0.01, "batch_size": 1,
              "smoothing_strength": 0.8},
+    # The study's best recipe (fidelity-levers.md #23): AWQ, then GPTQ W4 asym g64 with imatrix_mse,
+    # the most sensitive modules at W8A8 (the only 8-bit format vLLM CPU runs) within the budget.
+    "auto": {"bits": 4, "group_size": 64, "sym": False, "damp_percent": 0.01, "batch_size": 1,
+             "observer": "imatrix_mse", "transforms": ["awq"],
+             "candidates": ["w4a16-g64-asym", "w8a8"]},
 }
+LEVERS = ("observer", "transforms", "smoothing_strength", "smooth_down_proj", "formats", "max_bits_per_weight",
+          "candidates", "max_predicted_kl")
 
 
 def resolve_settings(variant: VariantConfig) -> dict[str, Any]:
     """The method's defaults with the variant's own values on top (what the record and card show)."""
     settings = dict(DEFAULTS[variant.method])
-    for key in ("bits", "group_size", "sym", "desc_act", "damp_percent", "batch_size", "scheme", "kv_cache_dtype"):
+    for key in ("bits", "group_size", "sym", "desc_act", "damp_percent", "batch_size", "scheme", "kv_cache_dtype",
+                *LEVERS):
         value = getattr(variant, key)
-        if value is not None:
+        if value is not None and value != [] and value != {} and not (key == "smooth_down_proj" and not value):
             settings[key] = value
     settings["backend"] = variant.resolved_backend
     return settings
@@ -49,6 +57,7 @@ class QuantJob:
     keep_modules: list[str]
     linear_modules: list[str]
     model_config: dict[str, Any]
+    trust_remote_code: bool = False
     extras: dict[str, Any] = field(default_factory=dict)  # what the adapter reports for the record
 
     @property

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import __version__
 from .._io import atomic_outputs, folder_size, sha256_file, write_json
+from .._hardware import compute_dtype, hardware_record
 from .._progress import fmt_seconds, log
 from ..config import Params
 from ..errors import ConfigError, EnvironmentSetupError
@@ -49,12 +50,23 @@ def _architecture_problem(backend: str, model_type: str) -> str | None:
     return None if model_type in known else f"{backend} does not support architecture {model_type!r}"
 
 
+def _uses_calibration(variant, settings: dict[str, Any]) -> bool:
+    """FP8 dynamic (weights per channel, activations per token at run time) needs no data."""
+    return not (variant.method == "fp8" and settings.get("scheme") == "dynamic"
+                and settings.get("kv_cache_dtype") != "fp8")
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
+def _stored_dtype(model_config: dict[str, Any]) -> str:
+    return str(model_config.get("torch_dtype") or model_config.get("dtype") or "auto")
+
+
 def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path: str | Path,
-                     out_model: str | Path, out_record: str | Path) -> dict[str, Any]:
+                     out_model: str | Path, out_record: str | Path,
+                     sensitivity_path: str | Path | None = None) -> dict[str, Any]:
     base_dir, calib_path = Path(base_dir), Path(calib_path)
     if name not in params.variants:
         raise ConfigError([f"variants.{name}: no such variant in params.yaml (variants: {', '.join(params.variants)})"])
@@ -75,14 +87,28 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
         raise ConfigError([f"{where}.backend: {problem} (try backend: llmcompressor)"])
     modules = linear_modules(base_dir)
     keep = resolve_keep(variant, modules, where)
-    samples = load_samples(calib_path, variant.n_samples)
+    from .._formats import measured_bits_per_weight
+    from ._common import safetensors_shapes
+
+    base_shapes = safetensors_shapes(base_dir)
+    extras: dict[str, Any] = {}
+    if variant.method == "auto":  # the assignment is made (and refused) before any weights load
+        from ._auto import assign_from_file
+
+        extras["auto"] = assign_from_file(sensitivity_path, settings, base_shapes, keep, where)
+        extras["assignment"] = extras["auto"]["assignment"]
+    stored = _stored_dtype(model_config)
+    compute, why = compute_dtype(stored if variant.compute_dtype == "auto" else variant.compute_dtype)
+    extras.update(compute_dtype=compute, stored_dtype=stored)
+    log(STAGE, f"{name}: computing in {compute} ({why}); weights saved as {stored}")
+    samples = [] if not _uses_calibration(variant, settings) else load_samples(calib_path, variant.n_samples)
     seed = params.calibration.seed
     start = time.monotonic()
     with atomic_outputs(out_model, out_record, field=f"quantize@{name} output") as (staging, record_tmp):
         staging.mkdir()
         job = QuantJob(name=name, variant=variant, settings=settings, model_dir=base_dir, out_dir=staging,
                        samples=samples, seed=seed, keep_modules=keep, linear_modules=modules,
-                       model_config=model_config)
+                       model_config=model_config, trust_remote_code=params.base.trust_remote_code, extras=extras)
         run(job)
         for item in CARRY_FILES:  # what vLLM and users need beside the weights, when a backend skips it
             if (base_dir / item).is_file() and not (staging / item).exists():
@@ -92,13 +118,21 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
             raise EnvironmentSetupError(f"quantize@{name}: {backend} wrote no quantization_config; not a quantized model")
         seconds = time.monotonic() - start
         size, base_size = folder_size(staging), folder_size(base_dir)
+        bits = measured_bits_per_weight(staging, base_shapes)
+        calibration = ({"file": Path(calib_path).as_posix(), "sha256": sha256_file(calib_path),
+                        "samples_used": len(samples), "seq_len": max(len(s) for s in samples), "seed": seed}
+                       if samples else "no calibration (data-free method)")
         record = {
             "variant": name, "method": variant.method, "backend": backend, "settings": settings,
             "quantization_config": config["quantization_config"],
             "keep_modules": keep, "lm_head": "kept in the base dtype",
-            "calibration": {"file": str(calib_path), "sha256": sha256_file(calib_path), "samples_used": len(samples),
-                            "seq_len": max(len(s) for s in samples) if samples else 0, "seed": seed},
-            "base": {"path": str(base_dir), "size_bytes": base_size,
+            "calibration": calibration,
+            "compute_dtype": compute, "compute_dtype_reason": why, "weights_dtype": stored,
+            "bits_per_weight": bits["bits_per_weight"], "linear_parameters": bits["linear_parameters"],
+            "linear_stored_bytes": bits["linear_stored_bytes"],
+            "module_formats": job.extras.get("module_formats"), "auto": job.extras.get("auto"),
+            "hardware": hardware_record(),
+            "base": {"path": Path(base_dir).as_posix(), "size_bytes": base_size,
                      "config_sha256": sha256_file(base_dir / "config.json")},
             "size_bytes": size, "size_ratio": round(size / base_size, 4),
             "seconds": round(seconds, 1), "peak_rss_mb": _peak_rss_mb(),
@@ -106,6 +140,7 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
             "versions": versions(),
         }
         write_json(record_tmp, record)
-    log(STAGE, f"{name}: {size / 1e6:.1f} MB ({record['size_ratio']:.2f}x the base) in {fmt_seconds(seconds)}, "
-        f"peak RSS {record['peak_rss_mb']:.0f} MB")
+    calib_note = "" if samples else ", no calibration"
+    log(STAGE, f"{name}: {size / 1e6:.1f} MB ({record['size_ratio']:.2f}x the base, {bits['bits_per_weight']} bits "
+        f"per weight) in {fmt_seconds(seconds)}, peak RSS {record['peak_rss_mb']:.0f} MB{calib_note}")
     return record

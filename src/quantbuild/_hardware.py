@@ -1,0 +1,85 @@
+"""What this machine computes fast: the compute dtype of calibration forwards and evaluation.
+
+On a CPU without native bf16 (no AVX512-BF16 and no AMX), torch emulates bf16 matrix products: on an
+AVX2-only AMD EPYC of this project's kind a 512x576 @ 576x1536 product ran at 4.6 GFLOP/s in bf16 against
+24.8 in float32 (5.4x; ../shared/notes/environment.md). There the stages compute in float32; the
+published weights keep the params' dtype either way (the quantize stage casts back before saving).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# Set to bfloat16 or float32 to override the hardware choice (tests force the slow path with it).
+COMPUTE_DTYPE_ENV = "QUANTBUILD_COMPUTE_DTYPE"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    """CPU model and the ISA flags that decide kernels: reported beside every timing."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c", "sve", "asimd"))
+    return {"model": model, "cores": os.cpu_count(), "isa": isa}
+
+
+def cpu_has_native_bf16() -> bool:
+    return any(flag in cpu_info()["isa"] for flag in BF16_CPU_FLAGS)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - every stage environment has torch
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def compute_dtype(stored: str, *, on_gpu: bool | None = None) -> tuple[str, str]:
+    """(dtype to compute in, why) for weights stored as `stored` (bfloat16, float16, float32 or auto).
+
+    bf16 stays bf16 on a GPU or a CPU with native bf16, and becomes float32 elsewhere; float16 on a CPU
+    becomes float32 as well (no CPU has fast fp16 GEMMs in torch 2.13)."""
+    forced = os.environ.get(COMPUTE_DTYPE_ENV)
+    if forced:
+        if forced not in ("bfloat16", "float32", "float16"):
+            from .errors import ConfigError
+
+            raise ConfigError([f"{COMPUTE_DTYPE_ENV}: {forced!r} must be bfloat16, float16 or float32 (or unset)"])
+        return forced, f"forced by {COMPUTE_DTYPE_ENV}"
+    gpu = cuda_available() if on_gpu is None else on_gpu
+    if stored in ("float32", "auto"):
+        return "float32" if stored == "float32" else "auto", "as stored"
+    if gpu:
+        return stored, "GPU"
+    if stored == "bfloat16" and cpu_has_native_bf16():
+        return stored, "CPU has native bf16 (" + ", ".join(f for f in BF16_CPU_FLAGS if f in cpu_info()["isa"]) + ")"
+    return "float32", f"CPU has no native {stored} ({cpu_info()['model']}): {stored} matmuls are emulated"
+
+
+def hardware_record() -> dict[str, Any]:
+    """Hardware beside a timing: CPU model and ISA flags, and the GPU when there is one."""
+    info: dict[str, Any] = {"machine": platform.machine(), "cpu": cpu_info()["model"], "cpus": os.cpu_count(),
+                            "cpu_isa": cpu_info()["isa"], "native_bf16": cpu_has_native_bf16()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpus"] = torch.cuda.device_count()
+    except ImportError:  # pragma: no cover
+        pass
+    return info
