@@ -118,8 +118,9 @@ def project(tmp_path) -> Path:
     return make_project(tmp_path / "project")
 
 
-def dvc(project: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+def dvc(project: Path, *args: str, check: bool = True, timeout: int = 1800,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     result = subprocess.run([str(VENV_BIN / "dvc"), *args], cwd=project, capture_output=True, text=True, env=env,
                             timeout=timeout)
     if check and result.returncode != 0:

@@ -28,8 +28,8 @@ def problems_of(data) -> list[str]:
 
 def test_demo_params_are_valid_and_fit_the_demo_model():
     params = load_params(REPO_ROOT / "params.yaml")
-    assert set(params.variants) == {"gptq-w4g64", "awq-w4g64", "fp8-dynamic", "int8-w8a8"}
-    assert {v.method for v in params.variants.values()} == {"gptq", "awq", "fp8", "int8"}
+    assert set(params.variants) == {"gptq-w4g64", "auto-4b5", "fp8-dynamic", "int8-w8a8"}
+    assert {v.method for v in params.variants.values()} == {"gptq", "auto", "fp8", "int8"}
     assert check_against_model(params, SMOLLM_CONFIG) == []
 
 
@@ -111,7 +111,7 @@ def test_calibration_source_checks():
     ({"method": "gptq", "backend": "autoawq"}, "variants.v.backend: 'autoawq' cannot run gptq"),
     ({"method": "gptq", "backend": "gptqmodl"}, "variants.v.backend: 'gptqmodl' cannot run gptq (did you mean "
      "'gptqmodel'?)"),
-    ({"method": "gptk"}, "variants.v.method: 'gptk' must be one of 'gptq', 'awq', 'fp8', 'int8' (did you mean"),
+    ({"method": "gptk"}, "variants.v.method: 'gptk' must be one of 'gptq', 'awq', 'fp8', 'int8', 'auto' (did you mean"),
     ({"method": "gptq", "group_size": 100}, "variants.v.group_size: 100 is not supported"),
     ({"method": "gptq", "keep": ["self_attn.(q"]}, "variants.v.keep[0]: 'self_attn.(q' is not a valid regular"),
     ({"method": "gptq", "activations_device": "gpu"}, "variants.v.activations_device: 'gpu' must be one of 'auto', "

@@ -150,7 +150,7 @@ def test_missing_package_and_file(tmp_path):
 
 def test_stage_script_prints_one_error_line_and_exits_2(project):
     write_params(project / "params.yaml", base={"source": "hf://nobody/nothing-here", "revision": "main"})
-    result = subprocess.run(["stages/run", "quantize", "stages/fetch.py", "build/base/model", "build/base/fetch.json"],
+    result = subprocess.run(["stages/run", "quantize", "-m", "quantbuild.stages.fetch"],
                             cwd=project, capture_output=True, text=True)
     errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1

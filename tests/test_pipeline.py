@@ -19,7 +19,7 @@ def tiny_project(project, tiny_llama_dir):
     write_params(project / "params.yaml",
                  base={"source": str(tiny_llama_dir), "revision": None, "dtype": "auto"},
                  calibration={"sources": [{"uri": "builtin://lee-news"}], "n_samples": 16, "seq_len": 128,
-                              "heldout_max_docs": 8})
+                              "heldout_max_docs": 8, "heldout_sources": []})
     return project
 
 
@@ -56,10 +56,12 @@ def test_each_variant_stage_declares_only_its_own_params(project):
         declared = {stage.name: sorted(p for dep in stage.deps if isinstance(dep, ParamsDependency)
                                              for p in dep.params)
                     for stage in repo.index.stages}
-    assert declared["quantize@gptq-w4g64"] == ["variants.gptq-w4g64"]
-    assert declared["quantize@fp8-dynamic"] == ["variants.fp8-dynamic"]
+    assert declared["quantize@gptq-w4g64"] == ["base.trust_remote_code", "variants.gptq-w4g64"]
+    assert declared["quantize@fp8-dynamic"] == ["base.trust_remote_code", "variants.fp8-dynamic"]
     assert declared["fetch"] == ["base"] and declared["calibrate"] == ["calibration"]
-    assert declared["publish@awq-w4g64"] == ["publish"]
+    assert declared["sensitivity"] == ["sensitivity"]
+    assert declared["gate@auto-4b5"] == ["eval.gate", "variants.auto-4b5.method"]
+    assert declared["publish@int8-w8a8"] == ["publish"]
 
 
 def test_card_and_publish_stages_name_the_missing_input(project):
@@ -68,7 +70,7 @@ def test_card_and_publish_stages_name_the_missing_input(project):
     for script, message in (("card", "error: card@fp8-dynamic: build/base/fetch.json is missing (run `dvc repro "
                                      "evaluate@fp8-dynamic` first)"),
                             ("publish", "[publish] fp8-dynamic: skipped (publish.enabled is false)")):
-        result = subprocess.run(["stages/run", "quantize", f"stages/{script}.py", "fp8-dynamic"], cwd=project,
+        result = subprocess.run(["stages/run", "quantize", "-m", f"quantbuild.stages.{script}", "fp8-dynamic"], cwd=project,
                                 capture_output=True, text=True)
         assert message in result.stderr, result.stderr
     assert json.loads((project / "build/publish/fp8-dynamic.json").read_text()) == {
@@ -82,6 +84,7 @@ def test_dvc_yaml_declares_every_variant_and_artifact():
     assert "build/base/model" in artifact_paths
     for name in params["variants"]:
         assert f"build/variants/{name}/model" in artifact_paths
-    assert list(pipeline["stages"]) == ["fetch", "calibrate", "quantize", "evaluate_base", "evaluate", "card",
-                                        "publish"]
-    assert pipeline["stages"]["quantize"]["do"]["params"] == ["variants.${key}"]
+    assert list(pipeline["stages"]) == ["fetch", "calibrate", "sensitivity", "quantize", "evaluate_base", "evaluate",
+                                        "gate", "select", "card", "publish"]
+    assert pipeline["stages"]["quantize"]["do"]["params"] == ["variants.${key}", "base.trust_remote_code"]
+    assert pipeline["stages"]["publish"]["do"]["always_changed"] is True  # never satisfied from the run-cache

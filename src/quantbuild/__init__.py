@@ -18,12 +18,9 @@ from .errors import (  # noqa: E402
     SourceError,
 )
 
-_LAZY = {
-    "check": "quantbuild.api",
-    "fetch": "quantbuild.api",
-    "calibrate": "quantbuild.api",
-    "HubServer": "quantbuild.hubserver",
-}
+_LAZY = {name: "quantbuild.api" for name in ("check", "release", "fetch", "calibrate", "sensitivity", "quantize",
+                                               "evaluate", "gate", "select", "card", "publish")}
+_LAZY["HubServer"] = "quantbuild.hubserver"
 
 
 def __getattr__(name: str):

@@ -47,6 +47,14 @@ def _local_documents(src: CalibrationSource, field: str, where: str, chat: bool)
         if path.stat().st_size == 0:
             raise CalibrationError(f"{where}.uri: {path} is empty; remove it or give a file with text")
         suffix = path.suffix.lower()
+        if suffix in (".txt", ".md", ".jsonl", ".json"):
+            try:
+                raw = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CalibrationError(f"{where}.uri: {path} is not UTF-8 text (byte {exc.start}); convert it to UTF-8 "
+                                       "or remove it") from None
+            if "\x00" in raw:
+                raise CalibrationError(f"{where}.uri: {path} contains NUL bytes (a binary file?); give a text file")
         if suffix in (".txt", ".md"):
             # Blank lines separate documents, so the held-out split works on whole passages.
             docs += [" ".join(block.split()) for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
@@ -59,7 +67,10 @@ def _local_documents(src: CalibrationSource, field: str, where: str, chat: bool)
                         raise CalibrationError(f"{where}.uri: {path} line {n} is not JSON ({exc.msg})") from None
                     docs.append(_record_text(record, field, where, chat))
         elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise CalibrationError(f"{where}.uri: {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
             records = data if isinstance(data, list) else data.get("data", []) if isinstance(data, dict) else []
             docs += [_record_text(r, field, where, chat) for r in records]
         elif suffix == ".parquet":
@@ -244,7 +255,7 @@ def _length_stats(lengths: list[int]) -> dict[str, Any]:
 
 
 def calibrate(cfg: CalibrationConfig, model_dir: str | Path, out_calib: str | Path, out_heldout: str | Path,
-              out_stats: str | Path) -> dict[str, Any]:
+              out_stats: str | Path, trust_remote_code: bool = False) -> dict[str, Any]:
     """Build the calibration and held-out sets for the model in `model_dir`; write the three outputs."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -253,7 +264,7 @@ def calibrate(cfg: CalibrationConfig, model_dir: str | Path, out_calib: str | Pa
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise CalibrationError(f"calibrate: no model at {model_dir} (run the fetch stage first: dvc repro fetch)")
-    limit = max_positions(AutoConfig.from_pretrained(model_dir).to_dict())
+    limit = max_positions(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code).to_dict())
     if limit is not None and cfg.seq_len > limit:
         raise CalibrationError(f"calibration.seq_len: {cfg.seq_len} is above the model's maximum {limit} "
                                "(max_position_embeddings); lower it")
@@ -278,7 +289,7 @@ def calibrate(cfg: CalibrationConfig, model_dir: str | Path, out_calib: str | Pa
         heldout_rows += cap_heldout([row for row in fresh if row[2] not in calib_keys], cfg)
     log(STAGE, f"{counts['documents_kept']} documents ({counts['duplicates']} duplicates, {counts['too_short']} "
         f"too short dropped): {len(calib_docs)} for calibration, {len(heldout_docs)} held out")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if cfg.chat_template and not tokenizer.chat_template:
         raise CalibrationError("calibration.chat_template: the base model's tokenizer has no chat template; "
                                "set chat_template: false")

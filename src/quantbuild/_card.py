@@ -20,7 +20,11 @@ from .config import Params
 from .errors import CardError
 
 STAGE = "card"
-METHOD_TITLES = {"gptq": "GPTQ", "awq": "AWQ", "fp8": "FP8", "int8": "INT8"}
+METHOD_TITLES = {"gptq": "GPTQ", "awq": "AWQ", "fp8": "FP8", "int8": "INT8", "auto": "Mixed precision (auto)"}
+# Figures that are re-measured on every run (speed, timings) or set by policy rather than by the weights
+# (gate thresholds, the recommendation) sit between these markers; publish compares a release without them,
+# so a re-measured throughput or a tuned threshold never forces a new version.
+VOLATILE_START, VOLATILE_END = "<!-- quantbuild:volatile -->", "<!-- /quantbuild:volatile -->"
 # lm-eval tasks we know the dataset of, for the card's model-index (others use the task name).
 TASK_DATASETS = {"gsm8k_local": ("openai/gsm8k", "GSM8K", "test"), "gsm8k": ("openai/gsm8k", "GSM8K", "test")}
 METRIC_LABELS = {"top1_agreement": "top-1 agreement with the base (held-out text)"}
@@ -108,42 +112,64 @@ def _method(record: dict[str, Any]) -> dict[str, Any]:
     title = METHOD_TITLES.get(record["method"], record["method"].upper())
     if record["method"] in ("gptq", "awq"):
         title += f" W{bits}A16" + (f", group size {s['group_size']}" if s.get("group_size", -1) > 0 else ", per-channel")
+        title += "" if s.get("sym", True) else ", asymmetric"
+    elif record["method"] == "auto":
+        title += f" at {record.get('bits_per_weight')} bits per weight"
     elif record["method"] == "fp8":
         title += f" ({s.get('scheme')} activations)"
     elif record["method"] == "int8":
         title += " W8A8 (SmoothQuant + GPTQ)" if s.get("scheme") == "w8a8" else f" {s.get('scheme')}"
     labels = {"bits": "Bits", "group_size": "Group size", "sym": "Symmetric", "damp_percent": "Damping",
               "desc_act": "Act-order (desc_act)", "batch_size": "Calibration batch size", "scheme": "Scheme",
-              "kv_cache_dtype": "KV cache dtype"}
+              "kv_cache_dtype": "KV cache dtype", "observer": "Observer (range search)", "transforms": "Transforms",
+              "smoothing_strength": "SmoothQuant strength", "smooth_down_proj": "SmoothQuant up_proj -> down_proj",
+              "max_bits_per_weight": "Bits-per-weight budget"}
     settings = [(label, _fmt(s[key])) for key, label in labels.items() if key in s]
     kept = ", ".join(f"`{m}`" for m in record.get("keep_modules") or []) or "none"
+    formats = record.get("module_formats") or {}
+    counts: dict[str, int] = {}
+    for fmt in formats.values():
+        counts[fmt] = counts.get(fmt, 0) + 1
     return {"title": title, "backend": record["backend"], "settings": settings,
+            "bits_per_weight": record.get("bits_per_weight"),
+            "formats": ", ".join(f"{fmt} × {n}" for fmt, n in sorted(counts.items())) if len(counts) > 1 else None,
+            "compute_dtype": f"{record.get('compute_dtype', 'n/a')} ({record.get('compute_dtype_reason', '')}); "
+                             f"weights saved as {record.get('weights_dtype', 'n/a')}",
             "backend_version": (record.get("versions") or {}).get(record["backend"]),
             "kept": f"{kept}; `lm_head` {record.get('lm_head', 'kept in the base dtype')}",
             "seconds": _seconds(record.get("seconds")),
             "peak_rss": f"{record['peak_rss_mb']:.0f} MB" if record.get("peak_rss_mb") else "n/a"}
 
 
-def _module_loss(record: dict[str, Any]) -> dict[str, Any] | None:
-    rows = [r for r in record.get("module_loss") or [] if isinstance(r.get("loss"), (int, float))]
-    if not rows:
+def _sensitivity(sens: dict | None, record: dict) -> dict[str, Any] | None:
+    """The per-layer story: which modules quantization hurts most (and, for auto, which got more bits)."""
+    if not sens:
         return None
-    losses = [r["loss"] for r in rows]
-    worst = sorted(rows, key=lambda r: r["loss"], reverse=True)[:5]
-    return {"count": len(rows), "backend": record["backend"], "median": f"{statistics.median(losses):.3g}",
-            "max": f"{max(losses):.3g}", "worst": [{"module": r["module"], "loss": f"{r['loss']:.3g}"} for r in worst]}
+    ref = sens["reference_format"]
+    units = sens["units"]
+    worst = sorted(units, key=lambda u: -units[u]["score"][ref])[:6]
+    auto = record.get("auto") or {}
+    upgraded = auto.get("upgraded_units") or {}
+    return {"reference": ref, "tokens": sens.get("tokens"), "spearman": sens.get("proxy_vs_layer_kl_spearman"),
+            "worst": [{"unit": u, "score": f"{units[u]['score'][ref]:.3g}",
+                       "format": upgraded.get(u, "")} for u in worst],
+            "auto": {"budget": auto.get("budget"), "bits": auto.get("bits_per_weight"),
+                     "predicted": auto.get("predicted_kl"), "all_cheapest": auto.get("predicted_kl_all_cheapest"),
+                     "upgraded": [f"`{u}` → {f}" for u, f in upgraded.items()]} if auto else None}
 
 
 def _evaluation(base: dict, metrics: dict, gate: dict | None) -> list[dict[str, str]]:
     thresholds = (gate or {}).get("thresholds", {})
+    recoveries = (gate or {}).get("recoveries", {})
     rows = []
     for key in sorted(k for k in metrics if k.startswith("quality.")):
         metric = key[len("quality."):]
-        rows.append({"metric": metric, "base": _fmt(base.get(key)), "value": _fmt(metrics[key]),
-                     "recovery": _fmt(metrics.get(f"recovery.{metric}"), 3),
+        row = recoveries.get(metric, {})
+        rows.append({"metric": metric, "base": _fmt(row.get("base", base.get(key))), "value": _fmt(metrics[key]),
+                     "recovery": _fmt(row.get("recovery"), 4),
                      "gate": f"≥ {thresholds[metric]}" if metric in thresholds else "not gated"})
     rows.append({"metric": METRIC_LABELS["top1_agreement"], "base": "1", "value": _fmt(metrics.get("closeness.top1_agreement"), 3),
-                 "recovery": _fmt(metrics.get("recovery.top1_agreement"), 3),
+                 "recovery": _fmt(recoveries.get("top1_agreement", {}).get("recovery"), 3),
                  "gate": f"≥ {thresholds['top1_agreement']}" if "top1_agreement" in thresholds else "not gated"})
     rows.append({"metric": "mean KL divergence from the base (nats/token)", "base": "0",
                  "value": _fmt(metrics.get("closeness.kl_mean"), 3), "recovery": "", "gate": ""})
@@ -152,14 +178,14 @@ def _evaluation(base: dict, metrics: dict, gate: dict | None) -> list[dict[str, 
 
 def _summary(metrics: dict, gate: dict | None) -> str:
     parts = []
-    for metric, minimum in ((gate or {}).get("thresholds") or {}).items():
-        value = metrics.get(f"recovery.{metric}")
+    for metric in ((gate or {}).get("thresholds") or {}):
+        value = ((gate or {}).get("recoveries") or {}).get(metric, {}).get("recovery")
         if value is not None:
             label = "top-1 agreement" if metric == "top1_agreement" else f"{metric} recovery"
             parts.append(f"{label} {value:.1%}")
     size = metrics.get("size.ratio_to_base")
     tail = f"at {size:.2f}× the base model's size on disk" if size else ""
-    verdict = "Quality gate passed" if metrics.get("gate.passed") else "Quality gate FAILED"
+    verdict = "Quality gate passed" if (gate or {}).get("passed") else "Quality gate FAILED"
     return f"{verdict}: {', '.join(parts) or 'no gated metrics'}" + (f", {tail}." if tail else ".")
 
 
@@ -169,15 +195,19 @@ def _performance(base_eval: dict | None, eval_raw: dict) -> dict[str, Any]:
     out_rows = []
     for row in rows:
         b = base_rows.get(row["concurrency"], {})
-        speedup = f"{row['tokens_per_s'] / b['tokens_per_s']:.2f}×" if b.get("tokens_per_s") else "n/a"
-        out_rows.append({"concurrency": row["concurrency"], "tps": _fmt(row["tokens_per_s"]), "ttft": _fmt(row["ttft_s"], 3),
-                         "base_tps": _fmt(b.get("tokens_per_s")), "base_ttft": _fmt(b.get("ttft_s"), 3), "speedup": speedup})
+        tps, base_tps = row.get("output_tokens_per_s"), b.get("output_tokens_per_s")
+        speedup = f"{tps / base_tps:.2f}×" if tps and base_tps else "n/a"
+        out_rows.append({"concurrency": row["concurrency"], "tps": _fmt(tps), "ttft": _fmt(row.get("batch_ttft_s"), 3),
+                         "base_tps": _fmt(base_tps), "base_ttft": _fmt(b.get("batch_ttft_s"), 3), "speedup": speedup})
     hw = q.get("hardware", {})
-    hardware = f"{hw['gpus']} × {hw['gpu']}" if hw.get("gpu") else f"{hw.get('cpus', '?')} CPU cores ({hw.get('machine', '?')})"
+    isa = ", ".join(f for f in hw.get("cpu_isa", []) if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2")))
+    hardware = (f"{hw['gpus']} × {hw['gpu']}" if hw.get("gpu") else
+                f"{hw.get('cpus', '?')} cores of {hw.get('cpu', hw.get('machine', '?'))} ({isa or 'no AVX2'})")
     versions = q.get("versions", {})
     first = rows[0] if rows else {}
     return {"rows": out_rows, "hardware": hardware, "vllm_version": versions.get("vllm", "n/a"),
-            "dtype": q.get("engine_args", {}).get("dtype", "n/a"), "prompt_tokens": first.get("prompt_tokens"),
+            "dtype": q.get("dtype") or q.get("engine_args", {}).get("dtype", "n/a"),
+            "fallback": q.get("fallback"), "prompt_tokens": first.get("prompt_tokens"),
             "output_tokens": first.get("output_tokens")}
 
 
@@ -188,6 +218,8 @@ def _memory(base_config: dict, record: dict, fetch: dict) -> dict[str, Any]:
                            "disk_ratio": f"{record['size_ratio']:.2f}×", "plan": None}
     bits, method = record["settings"].get("bits"), record["method"]
     precision = {4: "w4 (g128)", 8: "int8" if method in ("int8", "gptq") else "fp8"}.get(bits)
+    if method == "auto":
+        precision = "w4 (g128)"
     if precision is None:
         return out
     context = min(int(fetch.get("max_position_embeddings") or 4096), 8192)
@@ -249,6 +281,9 @@ def card_data(params: Params, name: str, fetch: dict, record: dict, metrics: dic
         dataset_type, dataset_name, split = TASK_DATASETS.get(task, (task, task, None))
         if task == "heldout_perplexity":  # calibrate's held-out split of the calibration sources
             dataset_type, dataset_name, split = "heldout", f"held-out text ({heldout_sources})", "heldout"
+        elif task == "ppl":  # token perplexity over fixed windows of one held-out domain
+            domain, metric = metric.split(".", 1)
+            task, dataset_type, dataset_name, split = "token_perplexity", f"heldout-{domain}", f"held-out {domain}", "heldout"
         results.append(EvalResult(task_type="text-generation", dataset_type=dataset_type, dataset_name=dataset_name,
                                   dataset_split=split, task_name=task, metric_type=metric, metric_name=metric,
                                   metric_value=metrics[key]))
@@ -275,7 +310,9 @@ def render_card(params: Params, name: str, root: Path = Path(".")):
     base_metrics = inp.json("build/eval/base/metrics.json")
     eval_raw = inp.json("build/eval/{v}/results/lm_eval.json")
     base_raw = inp.json("build/eval/base/results/lm_eval.json", required=False)
-    gate = inp.json("build/eval/{v}/results/gate.json", required=False)
+    gate = inp.json("build/gate/{v}/gate.json", required=False)
+    sens = inp.json("build/sensitivity/sensitivity.json", required=False)
+    selection = inp.json("build/selection/selection.json", required=False)
     q = eval_raw.get("quantbuild", {})
     eval_versions = q.get("versions", {})
     repo_id, _, tag = repo_target(params, name, fetch)
@@ -287,13 +324,21 @@ def render_card(params: Params, name: str, root: Path = Path(".")):
         "base": {"display": base_id or base_repo_name(params, fetch), "display_short": "Base",
                  "url": f"https://huggingface.co/{base_id}" if base_id else None},
         "summary": _summary(metrics, gate),
-        "gate": {"evaluated": gate is not None, "passed": bool(metrics.get("gate.passed")),
-                 "failures": [f"{f['metric']} {f.get('recovery', 'n/a')} < {f['minimum']}" for f in (gate or {}).get("failures", [])]},
+        "gate": {"evaluated": gate is not None, "passed": bool((gate or {}).get("passed")),
+                 "policy": (gate or {}).get("policy"),
+                 "failures": [f"{f['metric']} {f.get('recovery') if f.get('recovery') is not None else f.get('reason', 'n/a')}"
+                              f" (gate {f['minimum']})" for f in (gate or {}).get("failures", [])],
+                 "provenance": (gate or {}).get("provenance") or {}},
+        "selection": {"recommended": (selection or {}).get("recommended"), "reason": (selection or {}).get("reason"),
+                      "is_this": (selection or {}).get("recommended") == name} if selection else None,
+        "volatile": {"start": VOLATILE_START, "end": VOLATILE_END},
         "method": _method(record),
-        "calibration": {"sources": sources, "samples": record["calibration"]["samples_used"],
-                        "seq_len": record["calibration"]["seq_len"], "sha256": record["calibration"]["sha256"],
-                        "chat_template": stats.get("chat_template")},
-        "module_loss": _module_loss(record),
+        "calibration": ({"sources": sources, "samples": record["calibration"]["samples_used"],
+                         "seq_len": record["calibration"]["seq_len"], "sha256": record["calibration"]["sha256"],
+                         "chat_template": stats.get("chat_template"), "used": True}
+                        if isinstance(record.get("calibration"), dict) else
+                        {"used": False, "note": "no calibration (data-free method)", "sha256": "none"}),
+        "sensitivity": _sensitivity(sens, record),
         "deployment": _deployment(record),
         "memory": _memory(base_config, record, fetch),
         "evaluation": {"rows": _evaluation(base_metrics, metrics, gate), "engine": q.get("engine", "?"),
@@ -306,17 +351,30 @@ def render_card(params: Params, name: str, root: Path = Path(".")):
     if not template.is_file():
         raise CardError(f"card.template: {template} does not exist (the default is modelcards/quantized_model.md.j2)")
     data = card_data(params, name, fetch, record, metrics, sources)
+    return ModelCard(render_template(template, data.to_yaml(), context))
+
+
+def render_template(template: Path, card_yaml: str, context: dict[str, Any]) -> str:
+    """A template is user input: it renders in Jinja's sandbox (no access to Python internals such as
+    `''.__class__.__mro__`), with the variables huggingface_hub's ModelCard.from_template would pass."""
+    from jinja2.sandbox import SandboxedEnvironment
+
     try:
-        return ModelCard.from_template(data, template_str=template.read_text(), **context)
-    except Exception as exc:  # jinja2 errors name the template line
-        raise CardError(f"card.template: {template} failed to render ({type(exc).__name__}: {exc})") from None
+        text = template.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CardError(f"card.template: {template} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    try:
+        return SandboxedEnvironment().from_string(text).render(card_data=card_yaml, **context)
+    except Exception as exc:  # jinja2 errors name the template line; SecurityError names the refused access
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise CardError(f"card.template: {template} failed to render ({type(exc).__name__}: {first})") from None
 
 
 def validate_card_text(text: str, where: str) -> dict[str, Any]:
     """Local checks, the same the Hub's validate-yaml makes, plus ours: a quantized card names its base."""
     from huggingface_hub import ModelCard
 
-    from .hubserver._cards import front_matter, validate_card
+    from ._cardcheck import front_matter, validate_card
 
     errors = validate_card(text)
     meta, _ = front_matter(text)

@@ -222,6 +222,44 @@ def _card_metadata(staging: Path) -> dict[str, Any]:
         return {}
 
 
+def verify_checkpoint(folder: Path, source: str) -> dict[str, Any]:
+    """What fetch fetched is read back before any later stage relies on it: config.json is a JSON object,
+    every safetensors file has a well-formed header whose tensors fit inside the file, and a weight index
+    names only files that are there. Returns the parsed config."""
+    import struct
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"base.source: {source}: config.json is not valid JSON ({str(exc).splitlines()[0][:80]}); "
+                          "fix or re-download the model") from None
+    if not isinstance(config, dict):
+        raise SourceError(f"base.source: {source}: config.json must be a JSON object; fix or re-download the model")
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                if length <= 0 or length > min(size - 8, 100 * 2**20):
+                    raise ValueError("header length out of range")
+                header = json.loads(fh.read(length))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if 8 + length + end > size:
+                raise ValueError(f"tensors end at byte {8 + length + end}, the file has {size}")
+        except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise SourceError(f"base.source: {source}: {path.name} is not a complete safetensors file "
+                              f"({str(exc)[:100] or type(exc).__name__}); re-download it") from None
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise SourceError(f"base.source: {source}: {index.name} is not a valid weight index; re-download it") from None
+        missing = sorted(n for n in names if not (folder / n).is_file())
+        if missing:
+            raise SourceError(f"base.source: {source}: {index.name} names {missing[0]}, which is missing; re-download it")
+    return config
+
+
 def count_parameters(folder: Path) -> int:
     """Sum of tensor elements from the safetensors headers (no weights loaded)."""
     return sum(math.prod(entry["shape"]) for entry in safetensors_headers(folder).values())
@@ -242,7 +280,7 @@ def fetch_model(base: BaseConfig, out_dir: str | Path, record_path: str | Path) 
         config_path = staging / "config.json"
         if not config_path.is_file():
             raise SourceError(f"base.source: {base.source} has no config.json; it is not a transformers model")
-        config = json.loads(config_path.read_text())
+        config = verify_checkpoint(staging, base.source)
         if config.get("auto_map") and not base.trust_remote_code:
             raise SourceError(f"base.trust_remote_code: {base.source} needs custom code (auto_map in config.json); "
                               "set base.trust_remote_code: true only if you trust its author")

@@ -102,6 +102,11 @@ def safetensors_headers(folder: str | Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
+def git_blob_oid(data: bytes) -> str:
+    """The blob id git (and the Hub) computes for a file's bytes."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def write_json(path: str | Path, data: Any) -> None:
     Path(path).write_text(dumps(data))
 

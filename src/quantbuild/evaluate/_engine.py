@@ -29,6 +29,8 @@ def engine_args(engine: str, model_dir: str | Path, cfg: EvalConfig, cpu: bool) 
                                 "data_parallel_size": cfg.data_parallel_size}
         if cpu:
             args["enforce_eager"] = True  # no CUDA graphs on CPU; also the fastest start there
+        if getattr(cfg, "trust_remote_code", False):
+            args["trust_remote_code"] = True
         return args
     # transformers scores rolling windows of max_length; vLLM of max_model_len - 2 (lm-eval's accounting
     # for the prefix token), so these match and the two engines give the same perplexity.
@@ -36,6 +38,8 @@ def engine_args(engine: str, model_dir: str | Path, cfg: EvalConfig, cpu: bool) 
             "max_length": cfg.max_model_len - 2}
     if cpu:
         args["device"] = "cpu"  # lm-eval's HFLM assumes cuda otherwise
+    if getattr(cfg, "trust_remote_code", False):
+        args["trust_remote_code"] = True
     return args
 
 

@@ -33,7 +33,15 @@ def domain_windows(heldout: Path, tokenizer, window: int, max_windows: int) -> d
     return out
 
 
-def token_perplexity(logprobs: list[list[float]]) -> dict[str, Any]:
-    total = sum(sum(seq) for seq in logprobs)
+def perplexities(logprobs: list[list[float]], windows: list[list[int]], tokenizer) -> dict[str, Any]:
+    """Token perplexity, and from the same sums word perplexity and bits per byte of the scored text (the
+    tokens after each window's first): word perplexity magnifies a token-perplexity change by tokens per word."""
+    total = -sum(sum(seq) for seq in logprobs)
     count = sum(len(seq) for seq in logprobs)
-    return {"token_perplexity": math.exp(-total / count) if count else float("nan"), "tokens": count}
+    texts = [tokenizer.decode(w[1:]) for w in windows]
+    words = sum(len(t.split()) for t in texts)
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    nan = float("nan")
+    return {"token_perplexity": math.exp(total / count) if count else nan,
+            "word_perplexity": math.exp(total / words) if words else nan,
+            "bits_per_byte": total / (nbytes * math.log(2)) if nbytes else nan, "tokens": count}

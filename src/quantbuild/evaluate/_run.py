@@ -17,7 +17,7 @@ from .._progress import fmt_seconds, log
 from ..config import EvalConfig
 from ..errors import ConfigError, EnvironmentSetupError
 from ._closeness import kl_and_agreement
-from ._perplexity import domain_windows, token_perplexity
+from ._perplexity import domain_windows, perplexities
 from ._tasks import HELDOUT_TASK, check_task_names, write_tasks
 
 STAGE = "evaluate"
@@ -67,13 +67,14 @@ def _stored_dtype(model_dir: Path) -> str:
 
 def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype: str, heldout: Path,
              tasks_dir: Path, manager: Any, final_tasks_dir: Path, probes: list[list[int]] | None,
-             with_speed: bool) -> dict[str, Any]:
+             with_speed: bool, trust_remote_code: bool = False) -> dict[str, Any]:
     """Load one model in one engine and measure everything the stage reports for it."""
     from lm_eval import simple_evaluate
 
     from ._engine import Engine, command_line
 
     run_cfg = dataclasses.replace(cfg, dtype=dtype)
+    run_cfg.trust_remote_code = trust_remote_code  # base.trust_remote_code reaches the engine
     log(STAGE, f"{model_name}: starting {kind} engine ({dtype}) on {model_dir}")
     try:
         engine = Engine(kind, model_dir, run_cfg)
@@ -106,10 +107,12 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
     t0 = time.monotonic()
     windows = domain_windows(heldout, engine.tokenizer, cfg.perplexity_window, cfg.perplexity_windows)
     for domain, seqs in windows.items():
-        ppl = token_perplexity(engine.token_logprobs(seqs))
-        values[f"ppl.{domain}.token_perplexity"] = ppl["token_perplexity"]
-        log(STAGE, f"{model_name}: {domain}: token perplexity {ppl['token_perplexity']:.4f} "
-            f"({len(seqs)} windows, {ppl['tokens']} tokens)")
+        ppl = perplexities(engine.token_logprobs(seqs), seqs, engine.tokenizer)
+        for key in ("token_perplexity", "word_perplexity", "bits_per_byte"):
+            values[f"ppl.{domain}.{key}"] = ppl[key]
+        log(STAGE, f"{model_name}: {domain}: token perplexity {ppl['token_perplexity']:.4f}, word perplexity "
+            f"{ppl['word_perplexity']:.3f}, bits/byte {ppl['bits_per_byte']:.4f} ({len(seqs)} windows, "
+            f"{ppl['tokens']} tokens)")
     timings["token_perplexity_s"] = round(time.monotonic() - t0, 2)
     probes = probes if probes is not None else _probe_sequences(heldout, engine.tokenizer)
     t0 = time.monotonic()
@@ -129,7 +132,8 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
 
 def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: Path, results_dir: Path,
                    metrics_path: Path, plots_dir: Path, *, base_metrics: Path | None = None,
-                   reference: Path | None = None, base_dir: Path | None = None) -> dict[str, Any]:
+                   reference: Path | None = None, base_dir: Path | None = None,
+                   trust_remote_code: bool = False) -> dict[str, Any]:
     """Evaluate one model. The baseline (model_name 'base') also writes the reference log-probabilities
     that variants compare against; a variant needs the baseline's metrics and reference. Where vLLM's
     build cannot run a variant's format here, the variant and the baseline are both measured with
@@ -157,9 +161,10 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
         dtype, why = base["eval.dtype"], "the baseline's"
     kind, fallback_reason = cfg.engine, None
     if kind == "vllm" and not is_base:
+        from ._engine import on_cpu
         from ._kernels import missing_kernel
 
-        fallback_reason = missing_kernel(model_dir)
+        fallback_reason = missing_kernel(model_dir, dtype, on_gpu=not on_cpu())
         if fallback_reason and cfg.fallback == "refuse":
             raise EnvironmentSetupError(f"evaluate@{model_name}: {fallback_reason}; set eval.fallback: hf to measure "
                                         "it with transformers, or run on a machine whose vLLM build has the kernel")
@@ -182,10 +187,11 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
                 raise EnvironmentSetupError(f"evaluate@{model_name}: the fallback needs the base model at {base_dir} "
                                             "(run dvc repro fetch)")
             baseline_run = _measure("hf", "base (hf, for the fallback)", Path(base_dir), cfg, dtype, heldout, tasks_dir,
-                                    manager, results_dir / "tasks", ref["sequences"], with_speed=False)
+                                    manager, results_dir / "tasks", ref["sequences"], with_speed=False,
+                                    trust_remote_code=trust_remote_code)
             ref = {"sequences": baseline_run["probes"], "top_logprobs": baseline_run["logprobs"]}
         run = _measure(kind, model_name, model_dir, cfg, dtype, heldout, tasks_dir, manager, results_dir / "tasks",
-                       None if is_base else ref["sequences"], with_speed=True)
+                       None if is_base else ref["sequences"], with_speed=True, trust_remote_code=trust_remote_code)
         values, probes, logprobs, speed = run["values"], run["probes"], run["logprobs"], run["speed"]
         size = folder_size(model_dir)
         metrics: dict[str, Any] = {f"quality.{k}": round(v, 6) if math.isfinite(v) else None
@@ -223,7 +229,7 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
         write_json(results_tmp / "lm_eval.json", run["results"])
         write_json(metrics_tmp, metrics)
         write_json(plots_tmp / "quality.json", [{"model": model_name, "size_gb": metrics["size.disk_gb"],
-                                                 "word_perplexity": metrics.get("quality.heldout_perplexity.word_perplexity"),
+                                                 **{k[len("quality."):]: v for k, v in metrics.items() if k.endswith(".token_perplexity")},
                                                  "top1_agreement": metrics["closeness.top1_agreement"]}])
         write_json(plots_tmp / "throughput.json", [{"model": model_name, **row} for row in speed])
     log(STAGE, f"{model_name}: evaluated in {fmt_seconds(time.monotonic() - start)}")

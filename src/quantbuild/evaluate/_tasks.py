@@ -17,8 +17,6 @@ from ..errors import ConfigError
 HELDOUT_TASK = "heldout_perplexity"
 GSM8K_TASK = "gsm8k_local"
 BUILTIN_TASKS = (HELDOUT_TASK, GSM8K_TASK)
-# Metric name -> True when lower is better (recovery is then baseline / variant).
-LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "kl_mean"}
 
 
 def heldout_task(heldout: Path) -> dict[str, Any]:
@@ -53,7 +51,7 @@ def gsm8k_task(test_file: Path) -> dict[str, Any]:
 
 
 def write_tasks(folder: Path, heldout: Path) -> Path:
-    from ..hubserver._seeds import gsm8k_test_file
+    from .._textdata import gsm8k_test_file
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{HELDOUT_TASK}.yaml").write_text(yaml.safe_dump(heldout_task(heldout), sort_keys=False))

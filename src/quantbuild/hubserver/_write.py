@@ -8,7 +8,7 @@ import secrets
 import time
 from typing import Any
 
-from ._cards import validate_card
+from .._cardcheck import validate_card
 from ._routing import API, REPO, HTTPError, route
 from ._storage import REPO_TYPES, Entry, StorageError, clean_path, should_use_lfs, valid_repo_name
 

@@ -37,6 +37,7 @@ register("awq", "autoawq", "quantbuild.quantize._autoawq:run", ("awq",), "quantb
          deprecated="autoawq is deprecated upstream (its README points to llm-compressor); "
                     "use backend: llmcompressor (the default for awq)")
 register("fp8", "llmcompressor", "quantbuild.quantize._llmcompressor:run", _LLMC, "quantbuild[llmcompressor]")
+register("auto", "llmcompressor", "quantbuild.quantize._llmcompressor:run", _LLMC, "quantbuild[llmcompressor]")
 register("int8", "llmcompressor", "quantbuild.quantize._llmcompressor:run", _LLMC, "quantbuild[llmcompressor]")
 
 

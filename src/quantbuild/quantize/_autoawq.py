@@ -30,8 +30,8 @@ def run(job: QuantJob) -> None:
     quant_config = {"zero_point": not s["sym"], "q_group_size": s["group_size"], "w_bit": s["bits"],
                     "version": "GEMM", "modules_to_not_convert": _module_kinds(job) or None}
     torch.manual_seed(job.seed)
-    tokenizer = AutoTokenizer.from_pretrained(job.model_dir)
-    model = AutoAWQForCausalLM.from_pretrained(str(job.model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(job.model_dir, trust_remote_code=job.trust_remote_code)
+    model = AutoAWQForCausalLM.from_pretrained(str(job.model_dir), trust_remote_code=job.trust_remote_code)
     log(STAGE, f"{job.name}: autoawq AWQ {s['bits']}-bit g{s['group_size']} on {len(job.samples)} samples")
     progress = LayerProgress(decoder_layers(model.model), job.name)
     seq_len = max(len(x) for x in job.samples)

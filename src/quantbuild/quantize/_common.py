@@ -17,20 +17,7 @@ from ..errors import ConfigError
 
 STAGE = "quantize"
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "gptq": {"bits": 4, "group_size": 128, "sym": True, "desc_act": False, "damp_percent": 0.01, "batch_size": 1},
-    "awq": {"bits": 4, "group_size": 128, "sym": False, "batch_size": 1},
-    "fp8": {"bits": 8, "scheme": "dynamic", "kv_cache_dtype": "auto"},
-    "int8": {"bits": 8, "scheme": "w8a8", "sym": True, "damp_percent": 0.01, "batch_size": 1,
-             "smoothing_strength": 0.8},
-    # The study's best recipe (fidelity-levers.md #23): AWQ, then GPTQ W4 asym g64 with imatrix_mse,
-    # the most sensitive modules at W8A8 (the only 8-bit format vLLM CPU runs) within the budget.
-    "auto": {"bits": 4, "group_size": 64, "sym": False, "damp_percent": 0.01, "batch_size": 1,
-             "observer": "imatrix_mse", "transforms": ["awq"],
-             "candidates": ["w4a16-g64-asym", "w8a8"]},
-}
-LEVERS = ("observer", "transforms", "smoothing_strength", "smooth_down_proj", "formats", "max_bits_per_weight",
-          "candidates", "max_predicted_kl")
+from .._methods import DEFAULTS, LEVERS  # noqa: E402  (the method table, declared once)
 
 
 def resolve_settings(variant: VariantConfig) -> dict[str, Any]:

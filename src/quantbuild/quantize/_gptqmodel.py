@@ -43,6 +43,26 @@ def _outside_the_project() -> Iterator[None]:
             os.chdir(previous)
 
 
+def _scrub_local_paths(folder: Path) -> None:
+    """gptqmodel 7.6 writes its random temporary offload folder (offload_to_disk_path) into config.json and
+    quantize_config.json: every run would give different bytes, and a builder's local path would be published.
+    The value only matters while quantizing, so it is dropped from the saved files."""
+    import json
+
+    def scrub(obj):
+        if isinstance(obj, dict):
+            return {k: (None if k == "offload_to_disk_path" else scrub(v)) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [scrub(v) for v in obj]
+        return obj
+
+    for name in ("config.json", "quantize_config.json"):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            path.write_text(json.dumps(scrub(data), indent=2, sort_keys=True) + "\n")
+
+
 def run(job: QuantJob) -> None:
     job.model_dir, job.out_dir = Path(job.model_dir).resolve(), Path(job.out_dir).resolve()
     with _outside_the_project():
@@ -59,7 +79,7 @@ def _run(job: QuantJob) -> None:
     config = QuantizeConfig(bits=s["bits"], group_size=s["group_size"], desc_act=s["desc_act"], sym=s["sym"],
                             damp_percent=s["damp_percent"], dynamic=dynamic_rules(job))
     log(STAGE, f"{job.name}: gptqmodel GPTQ {s['bits']}-bit g{s['group_size']} on {len(job.samples)} samples")
-    model = GPTQModel.load(str(job.model_dir), config)
+    model = GPTQModel.load(str(job.model_dir), config, trust_remote_code=job.trust_remote_code)
     progress = LayerProgress(decoder_layers(model.model), job.name)
     try:
         model.quantize([{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in job.samples],
@@ -67,6 +87,7 @@ def _run(job: QuantJob) -> None:
     finally:
         progress.close()
     model.save(str(job.out_dir))
+    _scrub_local_paths(Path(job.out_dir))
     job.extras["module_loss"] = [
         {"module": f"model.layers.{row['layer']}.{row['module']}", "loss": float(row["loss"]),
          "samples": int(row.get("samples") or 0)}

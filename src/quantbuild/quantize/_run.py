@@ -99,6 +99,8 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
         extras["assignment"] = extras["auto"]["assignment"]
     stored = _stored_dtype(model_config)
     compute, why = compute_dtype(stored if variant.compute_dtype == "auto" else variant.compute_dtype)
+    if backend in ("gptqmodel", "autoawq"):  # they pick their own compute dtype and pack with fp16 scales
+        compute, why = stored, f"{backend} computes in the checkpoint's dtype"
     extras.update(compute_dtype=compute, stored_dtype=stored)
     log(STAGE, f"{name}: computing in {compute} ({why}); weights saved as {stored}")
     samples = [] if not _uses_calibration(variant, settings) else load_samples(calib_path, variant.n_samples)

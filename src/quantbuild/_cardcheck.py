@@ -1,4 +1,5 @@
-"""README front-matter checks, as the Hub's validate-yaml endpoint makes them."""
+"""README front-matter checks, as the Hub's validate-yaml endpoint makes them (used by the card and publish
+stages and by the local Hub server alike)."""
 
 from __future__ import annotations
 

@@ -13,11 +13,19 @@ Thresholds, most specific last: `min_recovery` for every metric when `metrics` i
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
+from pathlib import Path
 from typing import Any
 
-from ..config import GateConfig
-from ._tasks import LOWER_IS_BETTER
+from ._io import atomic_outputs, write_json
+from ._progress import log
+
+from .config import GateConfig, Params
+from .errors import EnvironmentSetupError
+
+# Metric name -> lower is better (recovery is then baseline / variant).
+LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "kl_mean", "token_perplexity"}
 
 
 def _finite(value: Any) -> bool:
@@ -99,3 +107,72 @@ def describe_failures(variant: str, gate: dict[str, Any]) -> list[str]:
             lines.append(f"{variant}: {f['metric']} recovery {f['recovery']:.4f} is below the gate {f['minimum']} "
                          f"by {f['short_by']:.4f}")
     return lines
+
+
+def _gateable_values(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def gate_variant(gate: GateConfig, name: str, method: str | None, base_metrics: dict[str, Any],
+                 variant_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The gate record of one variant from the two metrics files (no model is loaded)."""
+    fallback = variant_metrics.get("eval.fallback")
+    # Like with like: a variant measured with the transformers fallback is compared with the baseline
+    # measured the same way in the same stage; otherwise with evaluate_base's figures.
+    base = (_gateable_values(variant_metrics, "baseline.quality.") if fallback
+            else _gateable_values(base_metrics, "quality."))
+    measured = _gateable_values(variant_metrics, "quality.")
+    base["top1_agreement"] = 1.0
+    measured["top1_agreement"] = variant_metrics.get("closeness.top1_agreement")
+    record = apply_gate(gate, name, method, base, measured)
+    mismatch = []
+    if not fallback and base_metrics.get("eval.engine") != variant_metrics.get("eval.engine"):
+        mismatch.append(f"engines differ (base {base_metrics.get('eval.engine')}, variant "
+                        f"{variant_metrics.get('eval.engine')})")
+    if base_metrics.get("eval.dtype") != variant_metrics.get("eval.dtype"):
+        mismatch.append(f"dtypes differ (base {base_metrics.get('eval.dtype')}, variant {variant_metrics.get('eval.dtype')})")
+    for why in mismatch:  # unlike measurements cannot pass a gate
+        record["failures"].append({"metric": "provenance", "recovery": None, "minimum": None,
+                                   "reason": f"not comparable with the baseline: {why}; re-run both"})
+        record["passed"] = False
+    record["provenance"] = {"engine": variant_metrics.get("eval.engine"), "dtype": variant_metrics.get("eval.dtype"),
+                            "fallback": fallback,
+                            "baseline": "measured with the variant (transformers fallback)" if fallback
+                            else "evaluate_base"}
+    record["policy"] = gate.policy
+    return record
+
+
+def gate_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The flat figures `dvc metrics` shows for a gate."""
+    out: dict[str, Any] = {"gate.passed": record["passed"], "gate.failures": len(record["failures"])}
+    for metric, row in record["recoveries"].items():
+        out[f"recovery.{metric}"] = row["recovery"]
+    return out
+
+
+STAGE = "gate"
+
+
+def run_gate(params: Params, name: str, eval_root: Path, out_dir: Path, quantize_record: Path) -> dict[str, Any]:
+    paths = {"base": eval_root / "base" / "metrics.json", name: eval_root / name / "metrics.json"}
+    if not quantize_record.is_file():
+        raise EnvironmentSetupError(f"gate@{name}: {quantize_record} is missing (run dvc repro quantize@{name} first)")
+    for who, path in paths.items():
+        if not path.is_file():
+            stage = "evaluate_base" if who == "base" else f"evaluate@{name}"
+            raise EnvironmentSetupError(f"gate@{name}: {path} is missing (run dvc repro {stage} first)")
+    base, variant = (json.loads(paths[k].read_text()) for k in ("base", name))
+    record = gate_variant(params.eval.gate, name, params.variants[name].method, base, variant)
+    quantized = json.loads(quantize_record.read_text())
+    # What the selection stage ranks variants by (size), carried here so it reads gate records only.
+    record["bits_per_weight"] = quantized.get("bits_per_weight")
+    record["size_bytes"] = quantized.get("size_bytes")
+    with atomic_outputs(out_dir / "gate.json", out_dir / "metrics.json", field=f"gate@{name} output") as (g, m):
+        write_json(g, record)
+        write_json(m, gate_metrics(record))
+    for line in describe_failures(name, record):
+        log(STAGE, "GATE FAILED: " + line)
+    if record["passed"]:
+        log(STAGE, f"{name}: passed its quality gate ({len(record['thresholds'])} gated metrics)")
+    return record
