@@ -1,6 +1,12 @@
-"""The demo model end to end (marked slow, run in CI): SmolLM2-135M-Instruct from its GGUF, one variant per
-method plus a deliberately broken one, quantized by the real backends, evaluated by vLLM + lm-eval, and
-given model cards (publishing is off in the demo, so each publish stage records that it skipped)."""
+"""The demo model end to end (marked slow, run in CI): SmolLM2-135M-Instruct from its GGUF, every demo
+variant plus a deliberately broken one, quantized by the real backends, scored by the sensitivity stage,
+evaluated by vLLM (or, where this CPU's vLLM build has no kernel for a format, by the transformers
+fallback against a baseline measured the same way), gated by the shipped policy, selected and carded.
+
+Sizes (samples, windows) are smaller than the demo's so CI fits; the gate is the shipped policy, never a
+looser copy. Whether a variant meets the policy is the product's result, not the test's: the tests check
+that the verdict is the policy applied to the measurements, that failures are visible (log, card,
+publish refusal), and the broken variant fails."""
 
 from __future__ import annotations
 
@@ -9,31 +15,30 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from .conftest import dvc, make_project, write_params
+from .conftest import REPO_ROOT, dvc, make_project, write_params
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = {
-    "gptq-w4g64": {"method": "gptq", "group_size": 64, "n_samples": 16},
-    "awq-w4g64": {"method": "awq", "group_size": 64, "n_samples": 8},
-    "fp8-dynamic": {"method": "fp8"},
-    "int8-w8a8": {"method": "int8", "n_samples": 16},
-    # Deliberately broken: 4-bit per-channel weights calibrated on a single sample.
-    "broken": {"method": "gptq", "backend": "llmcompressor", "group_size": -1, "n_samples": 1},
-}
-# Minimum top-1 agreement with the base model's next-token choice on held-out text, in vLLM.
-# Measured: GPTQ 0.71-0.73, AWQ 0.76-0.77, FP8 0.89 (greedy near-ties flip on a 135M model).
-TOP1_BOUND = {"gptq-w4g64": 0.65, "awq-w4g64": 0.65, "fp8-dynamic": 0.85, "int8-w8a8": 0.85}
-GATE = {"min_recovery": 0.9, "metrics": {"heldout_perplexity.bits_per_byte": 0.88, "top1_agreement": 0.6}}
+SHIPPED = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+VARIANTS = {name: {**v, "n_samples": min(v.get("n_samples", 16), 16)} if "n_samples" in v else dict(v)
+            for name, v in SHIPPED["variants"].items()}
+# Deliberately broken: 4-bit per-channel weights calibrated on a single sample, no range search.
+VARIANTS["broken"] = {"method": "gptq", "backend": "llmcompressor", "group_size": -1, "n_samples": 1}
+DOMAINS = ("lee-news", "wikipedia", "pydoc-topics")
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("demo") / "project")
-    write_params(project / "params.yaml", calibration={"n_samples": 16, "seq_len": 256, "heldout_max_docs": 8},
-                 variants=VARIANTS, eval={"limit": 4, "max_model_len": 1024, "gate": GATE})
-    result = dvc(project, "repro", check=False, timeout=3600)  # everything, as `make demo` (publish is off)
+    write_params(project / "params.yaml", calibration={"n_samples": 16, "seq_len": 256, "heldout_max_chars": 8000},
+                 sensitivity={"n_samples": 4, "seq_len": 256, "layer_kl": True, "layer_kl_samples": 1},
+                 variants=VARIANTS, eval={"limit": 2, "max_model_len": 1024, "perplexity_window": 256,
+                                          "perplexity_windows": 4})
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["eval"]["gate"] == SHIPPED["eval"]["gate"]  # one policy, one place
+    result = dvc(project, "repro", check=False, timeout=4800)  # everything, as `make demo` (publish is off)
     return project, result
 
 
@@ -41,53 +46,93 @@ def metrics(project: Path, name: str) -> dict:
     return json.loads((project / "build" / "eval" / name / "metrics.json").read_text())
 
 
+def gate(project: Path, name: str) -> dict:
+    return json.loads((project / "build" / "gate" / name / "gate.json").read_text())
+
+
 def test_demo_pipeline_runs(demo):
     project, result = demo
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("name", list(TOP1_BOUND))
-def test_variant_quality_in_vllm(demo, name):
-    project, _ = demo
-    m = metrics(project, name)
+@pytest.mark.parametrize("name", list(SHIPPED["variants"]))
+def test_each_verdict_is_the_shipped_policy_applied_to_the_measurements(demo, name):
+    project, result = demo
+    g, m = gate(project, name), metrics(project, name)
+    method = SHIPPED["variants"][name]["method"]
+    minimum = SHIPPED["eval"]["gate"]["methods"].get(method, SHIPPED["eval"]["gate"]["metrics"])["ppl.*.token_perplexity"]
+    assert set(g["thresholds"]) == {f"ppl.{d}.token_perplexity" for d in DOMAINS}
+    base = (m if m.get("eval.fallback") else metrics(project, "base"))
+    prefix = "baseline.quality." if m.get("eval.fallback") else "quality."
+    expected = all(base[f"{prefix}ppl.{d}.token_perplexity"] / m[f"quality.ppl.{d}.token_perplexity"] >= minimum
+                   for d in DOMAINS)
+    assert g["passed"] is expected, g["failures"]
+    if not g["passed"]:  # a miss is visible: in the log, and the card says it
+        assert f"GATE FAILED: {name}: " in result.stdout + result.stderr
     record = json.loads((project / "build" / "variants" / name / "quantize.json").read_text())
-    assert m["closeness.top1_agreement"] >= TOP1_BOUND[name], m
-    assert m["gate.passed"] is True, json.loads((project / f"build/eval/{name}/results/gate.json").read_text())
-    assert record["size_ratio"] < (0.45 if record["settings"]["bits"] == 4 else 0.62)
-    if record["method"] in ("fp8", "int8"):
-        assert 0.97 <= m["recovery.heldout_perplexity.bits_per_byte"] <= 1.03
+    assert g["bits_per_weight"] == record["bits_per_weight"]
+    if method in ("gptq", "auto"):
+        assert record["bits_per_weight"] <= 4.5
+    if method == "fp8":
+        assert record["calibration"] == "no calibration (data-free method)"
 
 
 def test_broken_variant_fails_its_gate(demo):
     project, result = demo
-    m = metrics(project, "broken")
-    gate = json.loads((project / "build/eval/broken/results/gate.json").read_text())
-    assert m["gate.passed"] is False and gate["failures"], (m, gate)
+    g = gate(project, "broken")
+    assert g["passed"] is False and g["failures"], g
     assert "GATE FAILED: broken: " in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", [*TOP1_BOUND, "broken"])
+def test_auto_stays_within_its_budget_and_upgrades_the_most_sensitive(demo):
+    project, _ = demo
+    name = next(n for n, v in SHIPPED["variants"].items() if v["method"] == "auto")
+    record = json.loads((project / f"build/variants/{name}/quantize.json").read_text())
+    budget = SHIPPED["variants"][name]["max_bits_per_weight"]
+    assert record["auto"]["bits_per_weight"] <= budget and record["bits_per_weight"] <= budget + 0.001
+    sens = json.loads((project / "build/sensitivity/sensitivity.json").read_text())
+    top = sens["ranking"][0]
+    assert top in record["auto"]["upgraded_units"], (top, record["auto"]["upgraded_units"])
+    config = json.loads((project / f"build/variants/{name}/model/config.json").read_text())
+    assert len(config["quantization_config"]["config_groups"]) == 2  # W4A16 and W8A8 in one checkpoint
+
+
+def test_selection_names_the_smallest_passing_variant(demo):
+    project, _ = demo
+    sel = json.loads((project / "build/selection/selection.json").read_text())
+    passed = [r for r in sel["variants"] if r["passed"]]
+    if passed:
+        assert sel["recommended"] == min(passed, key=lambda r: r["bits_per_weight"])["variant"]
+    else:
+        assert sel["recommended"] is None and "no variant meets the quality policy" in sel["reason"]
+
+
+@pytest.mark.parametrize("name", [*SHIPPED["variants"], "broken"])
 def test_cards_report_the_measured_figures(demo, name):
     from huggingface_hub import ModelCard
 
     project, _ = demo
-    m = metrics(project, name)
+    m, g = metrics(project, name), gate(project, name)
     card = ModelCard.load(project / f"build/cards/{name}/README.md")
     text = card.text
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
     top1 = f"| top-1 agreement with the base (held-out text) | 1 | {m['closeness.top1_agreement']:.3g} |"
     assert top1 in text
-    speed_rows = [l for l in text.splitlines() if l.startswith(("| 1 |", "| 8 |", "| 32 |"))]
-    assert len(speed_rows) == 3 and f"| {m['speed.c8.tokens_per_s']:.4g} |" in speed_rows[1]
-    if name == "broken":
-        assert "did not pass its quality gate" in text and "Quality gate FAILED" in text
+    if m["eval.engine"] == "vllm":
+        speed_rows = [l for l in text.splitlines() if l.startswith(("| 1 |", "| 8 |", "| 32 |"))]
+        assert len(speed_rows) == 3 and f"| {m['speed.c8.output_tokens_per_s']:.4g} |" in speed_rows[1]
     else:
+        assert m["eval.fallback"] in text
+    if g["passed"]:
         assert "Quality gate passed" in text and "did not pass" not in text
+    else:
+        assert "did not pass its quality gate" in text and "Quality gate FAILED" in text
+    assert "### Per-layer sensitivity" in text
     skipped = json.loads((project / f"build/publish/{name}.json").read_text())
     assert skipped == {"published": False, "variant": name, "reason": "publish.enabled is false in params.yaml"}
 
 
-def test_vllm_and_hf_agree_on_perplexity(demo, tmp_path):
+def test_vllm_and_hf_agree_on_token_perplexity(demo, tmp_path):
     project, _ = demo
     code = ("import json, sys\n"
             "from pathlib import Path\n"
@@ -95,7 +140,7 @@ def test_vllm_and_hf_agree_on_perplexity(demo, tmp_path):
             "from quantbuild.evaluate._run import evaluate_model\n"
             "if __name__ == '__main__':\n"
             "    cfg = load_params('params.yaml').eval\n"
-            "    cfg.engine, cfg.tasks = 'hf', ['heldout_perplexity']\n"
+            "    cfg.engine, cfg.tasks = 'hf', []\n"
             "    out = Path(sys.argv[1])\n"
             "    m = evaluate_model(cfg, 'base', Path('build/base/model'), Path('build/calibration/heldout.jsonl'),\n"
             "                       out / 'results', out / 'metrics.json', out / 'plots')\n"
@@ -105,8 +150,7 @@ def test_vllm_and_hf_agree_on_perplexity(demo, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     hf = json.loads([l for l in run.stdout.splitlines() if l.startswith("HF-JSON")][0][len("HF-JSON "):])
     vllm = metrics(project, "base")
-    # Measured: bits per byte 0.04% apart, word perplexity (an exponential of the same sums) 0.19%.
-    assert hf["quality.heldout_perplexity.bits_per_byte"] == pytest.approx(
-        vllm["quality.heldout_perplexity.bits_per_byte"], rel=1e-3)
-    assert hf["quality.heldout_perplexity.word_perplexity"] == pytest.approx(
-        vllm["quality.heldout_perplexity.word_perplexity"], rel=3e-3)
+    assert hf["eval.dtype"] == vllm["eval.dtype"]
+    for d in DOMAINS:  # the engines agree far inside the gate's margins
+        key = f"quality.ppl.{d}.token_perplexity"
+        assert hf[key] == pytest.approx(vllm[key], rel=2e-3), (key, hf[key], vllm[key])

@@ -87,4 +87,4 @@ def test_dvc_yaml_declares_every_variant_and_artifact():
     assert list(pipeline["stages"]) == ["fetch", "calibrate", "sensitivity", "quantize", "evaluate_base", "evaluate",
                                         "gate", "select", "card", "publish"]
     assert pipeline["stages"]["quantize"]["do"]["params"] == ["variants.${key}", "base.trust_remote_code"]
-    assert pipeline["stages"]["publish"]["do"]["always_changed"] is True  # never satisfied from the run-cache
+    assert pipeline["stages"]["publish"]["do"]["outs"][0]["build/publish/${key}.json"]["persist"] is True  # no run-cache

@@ -48,8 +48,8 @@ def shipped(session_hub, tiny_llama_dir, tmp_path_factory):
                  calibration={"sources": [{"uri": "builtin://lee-news"}], "n_samples": 16, "seq_len": 128,
                               "heldout_max_docs": 4},
                  variants={VARIANT: {"method": "fp8"}},
-                 eval={"engine": "hf", "tasks": ["heldout_perplexity"], "max_model_len": 512,
-                       "gate": {"min_recovery": 0.9, "metrics": {}}},
+                 sensitivity={"n_samples": 2, "seq_len": 64, "layer_kl": False},
+                 eval={"engine": "hf", "tasks": ["heldout_perplexity"], "max_model_len": 512, "perplexity_windows": 2},
                  card={"base_model": None},
                  publish={"enabled": True, "namespace": hub.user, "version": "v0.1.0",
                           "repo_template": "{base}-{variant}-" + Path(hub.repo_id("ship")).name})

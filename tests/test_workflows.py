@@ -3,6 +3,7 @@ wired only to scripts and CLI commands of this repo (which the other tests run).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -70,6 +71,21 @@ def test_release_workflow_races_never_and_takes_a_runner_label():
     step = next(s for s in job["steps"] if s.get("name") == "Release")
     assert step["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and step["run"] == '.ci/release "$VERSION"'
     assert not any(s.get("with", {}).get("cache") for s in job["steps"])  # no cache a PR could poison
+    # the git write credential reaches the push step only: not persisted by checkout, not in the Release step
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["persist-credentials"] is False
+    holders = [s.get("name") for s in job["steps"] if "github.token" in json.dumps(s.get("env", {}))]
+    assert holders == ["Push the results commit and the tags"]
+    assert step["env"]["QUANTBUILD_RELEASE_PUSH"] == "0"
+
+
+def test_pull_requests_hold_no_credential_that_can_write_the_run_cache():
+    for job in load("pr-report.yml")["jobs"].values():
+        for s in job["steps"]:
+            secrets = re.findall(r"secrets\.(\w+)", json.dumps(s))
+            assert all(name.startswith("DVC_READONLY_") for name in secrets), (s.get("name"), secrets)
+            assert "dvc push" not in s.get("run", "")
+    assert "dvc push" not in (REPO_ROOT / ".ci/pr-report").read_text()
 
 
 def test_every_run_step_calls_this_repos_scripts_or_commands():

@@ -317,7 +317,10 @@ def render_card(params: Params, name: str, root: Path = Path(".")):
     eval_versions = q.get("versions", {})
     repo_id, _, tag = repo_target(params, name, fetch)
     base_id = base_model_id(params, fetch)
-    sources = ", ".join(s.get("uri", "?") for s in stats.get("sources") or []) or "n/a"
+    sources = ", ".join(s.get("uri", "?") for s in stats.get("sources") or [] if not s.get("heldout_only")) or "n/a"
+    scored_only = [s.get("uri", "?") for s in stats.get("sources") or [] if s.get("heldout_only")]
+    if scored_only:
+        sources += f" (held-out scoring also on {', '.join(scored_only)}, never calibrated on)"
     context = {
         "repo_id": repo_id, "repo_name": repo_id.split("/")[-1], "variant": name,
         "version": tag,  # the revision consumers pin: v1.2.3, or <variant>-v1.2.3 in one repo with branches

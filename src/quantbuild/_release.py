@@ -77,10 +77,10 @@ def release(params: Params, version: str, root: Path, *, variants: list[str] | N
     artifacts = doc.get("artifacts") or {}
     rows, chosen = [], []
     for name in variants or list(params.variants):
-        metrics_path = root / "build/eval" / name / "metrics.json"
-        if not metrics_path.is_file():
-            raise ReleaseError(f"release: {metrics_path} is missing (run `dvc repro` or `dvc pull` first)")
-        if json.loads(metrics_path.read_text()).get("gate.passed") is not True:
+        gate_path = root / "build/gate" / name / "gate.json"
+        if not gate_path.is_file():
+            raise ReleaseError(f"release: {gate_path} is missing (run `dvc repro` or `dvc pull` first)")
+        if json.loads(gate_path.read_text()).get("passed") is not True:
             if variants:
                 raise ReleaseError(f"release: {name} failed its quality gate and cannot be released")
             rows.append({"variant": name, "tag": "-", "status": "skipped: failed its quality gate"})
@@ -92,6 +92,11 @@ def release(params: Params, version: str, root: Path, *, variants: list[str] | N
         chosen.append((name, artifact))
     if not chosen:
         raise ReleaseError(f"release {version}: no variant passed its quality gate; nothing to release")
+    selection = root / "build/selection/selection.json"
+    if selection.is_file():  # the release says which variant is recommended and why
+        picked = json.loads(selection.read_text())
+        rows.append({"variant": picked.get("recommended") or "-", "tag": "-",
+                     "status": f"recommended: {picked.get('reason')}"})
     tags = set(_git(root, "tag", "--list").split())
     head = _git(root, "rev-parse", "HEAD")
     for name, artifact in chosen:

@@ -29,10 +29,12 @@ def _gate_rows(root: Path) -> list[str]:
         if name == "base":
             continue
         m = json.loads(metrics_path.read_text())
-        gate_path = metrics_path.parent / "results" / "gate.json"
-        failures = json.loads(gate_path.read_text()).get("failures", []) if gate_path.is_file() else []
-        why = "; ".join(f"{f['metric']} {f.get('recovery', 'n/a')} < {f['minimum']}" for f in failures)
-        verdict = "passed" if m.get("gate.passed") else "**FAILED**"
+        gate_path = root / "build/gate" / name / "gate.json"
+        gate = json.loads(gate_path.read_text()) if gate_path.is_file() else {}
+        failures = gate.get("failures", [])
+        why = "; ".join(f"{f['metric']} {f.get('recovery') if f.get('recovery') is not None else f.get('reason')}"
+                        f" < {f['minimum']}" for f in failures)
+        verdict = "passed" if gate.get("passed") else ("**FAILED**" if gate else "not gated yet")
         top1 = m.get("closeness.top1_agreement")
         size = m.get("size.ratio_to_base")
         rows.append(f"| {name} | {verdict} | {top1 if top1 is not None else 'n/a'} | "

@@ -170,13 +170,13 @@ class VariantConfig:
     # The quality levers (llmcompressor): the weight observer's range search, transforms applied before
     # GPTQ in the same oneshot, SmoothQuant's extra up_proj->down_proj pair, per-module formats.
     observer: Optional[str] = None
-    transforms: list[str] = field(default_factory=list)
+    transforms: Optional[list[str]] = None     # None: the method's default ([] to turn them off)
     smoothing_strength: Optional[float] = None
     smooth_down_proj: bool = False
     formats: dict[str, str] = field(default_factory=dict)   # module regex -> format name (_formats.FORMATS)
     # method auto: per-module formats chosen from the sensitivity stage under this budget.
     max_bits_per_weight: Optional[float] = None
-    candidates: list[str] = field(default_factory=list)
+    candidates: Optional[list[str]] = None     # None: the method's default formats
     max_predicted_kl: Optional[float] = None
     # What calibration forwards compute in: auto = bf16 where the hardware has it natively, else float32.
     compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
@@ -252,14 +252,14 @@ class VariantConfig:
             elif not llmc:
                 problems.add(f"{path}.observer", f"observers are llmcompressor's; set backend: llmcompressor "
                              f"(not {self.resolved_backend})")
-        for i, name in enumerate(self.transforms):
+        for i, name in enumerate(self.transforms or []):
             if name not in TRANSFORMS:
                 problems.add(f"{path}.transforms[{i}]", f"unknown transform {show(name)}"
                              f"{did_you_mean(str(name), TRANSFORMS)}; choose {' or '.join(TRANSFORMS)}")
         if self.transforms and (self.method not in ("gptq", "auto") or not llmc):
             problems.add(f"{path}.transforms", "transforms run before GPTQ in llmcompressor: use method gptq "
                          "(or auto) with backend llmcompressor")
-        if set(self.transforms) >= {"awq", "spinquant"}:
+        if set(self.transforms or []) >= {"awq", "spinquant"}:
             problems.add(f"{path}.transforms", "awq and spinquant do not stack (measured worse together); pick one")
         if self.smooth_down_proj and self.method != "int8":
             problems.add(f"{path}.smooth_down_proj", "is a SmoothQuant mapping for method int8 (remove the key)")
@@ -275,7 +275,7 @@ class VariantConfig:
                              f"choose one of {', '.join(FORMATS)}")
         if self.formats and (not llmc or self.method not in ("gptq", "auto")):
             problems.add(f"{path}.formats", "per-module formats need method gptq (or auto) with backend llmcompressor")
-        for i, fmt in enumerate(self.candidates):
+        for i, fmt in enumerate(self.candidates or []):
             if fmt not in FORMATS:
                 problems.add(f"{path}.candidates[{i}]", f"unknown format {show(fmt)}{did_you_mean(str(fmt), FORMATS)}; "
                              f"choose from {', '.join(FORMATS)}")

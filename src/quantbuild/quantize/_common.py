@@ -26,7 +26,7 @@ def resolve_settings(variant: VariantConfig) -> dict[str, Any]:
     for key in ("bits", "group_size", "sym", "desc_act", "damp_percent", "batch_size", "scheme", "kv_cache_dtype",
                 *LEVERS):
         value = getattr(variant, key)
-        if value is not None and value != [] and value != {} and not (key == "smooth_down_proj" and not value):
+        if value is not None and value != {} and not (key == "smooth_down_proj" and not value):
             settings[key] = value
     settings["backend"] = variant.resolved_backend
     return settings

@@ -22,6 +22,20 @@ def _allow_cpu_only() -> None:
     IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
 
 
+def _quiet_logs() -> None:
+    """In a CI log (stderr not a terminal), llmcompressor's per-module INFO lines (three per module) give
+    way to our one line per layer; warnings still show. The per-module losses are collected by a separate
+    sink (_LossLog) either way."""
+    import sys
+
+    if sys.stderr.isatty():
+        return
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING", format="{time:HH:mm:ss} | {level} | {message}")
+
+
 def _weight_scheme(bits: int, group_size: int, sym: bool, observer: str | None = None) -> dict[str, Any]:
     strategy = "channel" if group_size == -1 else "group"
     args: dict[str, Any] = {"num_bits": bits, "type": "int", "symmetric": sym, "strategy": strategy}
@@ -192,6 +206,7 @@ def run(job: QuantJob) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _allow_cpu_only()
+    _quiet_logs()
     torch.manual_seed(job.seed)
     compute = job.extras["compute_dtype"]
     model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=compute,
