@@ -295,3 +295,15 @@ def test_release_tags_and_a_consumer_gets_the_model_three_ways(released, tmp_pat
     from_hub = consumer / "from-hub"
     probe = run_vllm_probe([from_hub], project / "build/calibration/heldout.jsonl", from_hub, tmp_path, n=2)
     assert all(len(row) > 16 for row in probe[str(from_hub)]["top1"])  # vLLM loaded it and scored text
+
+
+def test_no_local_path_of_the_builder_in_a_published_file(released):
+    from quantbuild._publish import release_files
+
+    project = released["project"]
+    files = release_files(project, VARIANT)
+    assert len(files) > 8
+    for f in files:
+        data = f.local.read_bytes()
+        for local in (str(project), str(Path.home()), "/tmp/", "site-packages/"):
+            assert local.encode() not in data, (f.path_in_repo, local)

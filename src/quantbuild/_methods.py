@@ -28,11 +28,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "fp8": {"bits": 8, "scheme": "dynamic", "kv_cache_dtype": "auto"},
     "int8": {"bits": 8, "scheme": "w8a8", "sym": True, "damp_percent": 0.01, "batch_size": 1,
              "smoothing_strength": 0.8},
-    # GPTQ W4 asym g64 with imatrix_mse (fidelity-levers.md #11, the largest lever), the most sensitive
-    # units at W8A8 (the only 8-bit format vLLM CPU runs) within the budget. No transform by default: the
-    # sensitivity scores describe the unrotated model, and AWQ costs ~30 min on 2 cores (set transforms).
+    # SpinQuant rotations, then GPTQ W4 asym g64 with imatrix_mse, the most sensitive units at W8A8 (the
+    # only 8-bit format vLLM CPU runs) within the budget: the best measured here (README "Measured here");
+    # AWQ in place of the rotation costs ~30 min on 2 cores (transforms: [awq] on a GPU runner).
     "auto": {"bits": 4, "group_size": 64, "sym": False, "damp_percent": 0.01, "batch_size": 1,
-             "observer": "imatrix_mse", "transforms": [],
+             "observer": "imatrix_mse", "transforms": ["spinquant"],
              "candidates": ["w4a16-g64-asym", "w8a8"]},
 }
 LEVERS = ("observer", "transforms", "smoothing_strength", "smooth_down_proj", "formats", "max_bits_per_weight",

@@ -60,6 +60,23 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _without_local_paths(obj: Any) -> Any:
+    """lm-eval's results name its data files by absolute path; the record is published with the model, so
+    the project folder becomes "." and an installed package's folder "<site-packages>"."""
+    import os
+    import re
+
+    here = os.getcwd().rstrip("/")
+    if isinstance(obj, dict):
+        return {k: _without_local_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_without_local_paths(v) for v in obj]
+    if isinstance(obj, str):
+        obj = re.sub(r"/[^\s'\"]*?/site-packages/", "<site-packages>/", obj)
+        return obj.replace(here + "/", "./").replace(here, ".")
+    return obj
+
+
 def _stored_dtype(model_dir: Path) -> str:
     config = json.loads((model_dir / "config.json").read_text())
     return str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
@@ -226,7 +243,7 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
         if baseline_run:
             provenance["baseline_for_fallback"] = baseline_run["info"]
         run["results"]["quantbuild"] = provenance
-        write_json(results_tmp / "lm_eval.json", run["results"])
+        write_json(results_tmp / "lm_eval.json", _without_local_paths(run["results"]))
         write_json(metrics_tmp, metrics)
         write_json(plots_tmp / "quality.json", [{"model": model_name, "size_gb": metrics["size.disk_gb"],
                                                  **{k[len("quality."):]: v for k, v in metrics.items() if k.endswith(".token_perplexity")},

@@ -33,7 +33,8 @@ def _quiet_logs() -> None:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING", format="{time:HH:mm:ss} | {level} | {message}")
+    logger.add(sys.stderr, level="WARNING", format="{time:HH:mm:ss} | {level} | {message}",
+               filter=lambda record: record["level"].name != "METRIC")  # per-module figures: the record has them
 
 
 def _weight_scheme(bits: int, group_size: int, sym: bool, observer: str | None = None) -> dict[str, Any]:
@@ -241,7 +242,7 @@ def run(job: QuantJob) -> None:
         # Computed in float32 on a CPU without native bf16: the published weights keep the params' dtype.
         # Only floating tensors are cast (integer zero points stay), so the format is the same either way.
         model.to(getattr(torch, stored))
-        model.config.torch_dtype = getattr(torch, stored)
+        model.config.dtype = getattr(torch, stored)
     model.save_pretrained(job.out_dir, save_compressed=True)
     tokenizer.save_pretrained(job.out_dir)
     job.extras["module_loss"] = [r for r in losses.rows if r["module"]] or None

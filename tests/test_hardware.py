@@ -1,0 +1,84 @@
+"""The compute dtype follows what the hardware does fast, and what vLLM's CPU build can run is known
+before an engine starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quantbuild._hardware import COMPUTE_DTYPE_ENV, compute_dtype, cpu_has_native_bf16, cpu_info
+from quantbuild.evaluate._kernels import formats_of, missing_kernel, vllm_cpu_library
+
+
+def test_this_cpu_is_reported_with_its_flags():
+    info = cpu_info()
+    assert info["model"] and info["cores"] >= 1 and any(f.startswith("avx") for f in info["isa"])
+    flags = Path("/proc/cpuinfo").read_text()
+    assert cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_bf16_where_native_float32_where_emulated(monkeypatch):
+    monkeypatch.delenv(COMPUTE_DTYPE_ENV, raising=False)
+    assert compute_dtype("bfloat16", on_gpu=True) == ("bfloat16", "GPU")
+    dtype, why = compute_dtype("bfloat16", on_gpu=False)
+    assert dtype == ("bfloat16" if cpu_has_native_bf16() else "float32"), why
+    assert compute_dtype("float16", on_gpu=False)[0] in ("float16", "float32")
+    assert compute_dtype("float32", on_gpu=False)[0] == "float32"
+    monkeypatch.setenv(COMPUTE_DTYPE_ENV, "bfloat16")
+    assert compute_dtype("bfloat16", on_gpu=False) == ("bfloat16", f"forced by {COMPUTE_DTYPE_ENV}")
+
+
+def test_a_bad_override_is_a_one_line_error(monkeypatch):
+    from quantbuild.errors import ConfigError
+
+    monkeypatch.setenv(COMPUTE_DTYPE_ENV, "fp64")
+    with pytest.raises(ConfigError) as info:
+        compute_dtype("bfloat16")
+    assert info.value.lines() == [f"{COMPUTE_DTYPE_ENV}: 'fp64' must be bfloat16, float16 or float32 (or unset)"]
+
+
+def _model(tmp_path: Path, qc: dict | None) -> Path:
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc} if qc else {}))
+    return tmp_path
+
+
+W4 = {"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {"num_bits": 4, "type": "int"}}}}
+W8A8 = {"quant_method": "compressed-tensors", "config_groups": {"g": {
+    "weights": {"num_bits": 8, "type": "int"}, "input_activations": {"num_bits": 8, "type": "int"}}}}
+MIXED = {"quant_method": "compressed-tensors", "config_groups": {**W4["config_groups"], "h": W8A8["config_groups"]["g"]}}
+
+
+def test_what_each_checkpoint_needs(tmp_path):
+    assert formats_of(_model(tmp_path, None)) == set()
+    assert formats_of(_model(tmp_path, W4)) == {"wna16"}
+    assert formats_of(_model(tmp_path, MIXED)) == {"wna16", "int8_w8a8"}
+    assert formats_of(_model(tmp_path, {"quant_method": "gptq", "bits": 8})) == {"w8a16"}
+
+
+def test_w4a16_in_float32_has_no_vllm_cpu_kernel_on_any_cpu(tmp_path):
+    why = missing_kernel(_model(tmp_path, W4), "float32", probe=False)
+    assert why and "bf16/fp16 activations only" in why or "no cpu_gemm_wna16" in why
+    assert missing_kernel(_model(tmp_path, W8A8), "float32", probe=False) is None
+    assert missing_kernel(_model(tmp_path, W4), "float32", on_gpu=True) is None
+    assert "W8A16" in missing_kernel(_model(tmp_path, {"quant_method": "gptq", "bits": 8}), "bfloat16", probe=False)
+    expected = None if vllm_cpu_library() != "_C_AVX2" else "no cpu_gemm_wna16"
+    got = missing_kernel(_model(tmp_path, MIXED), "bfloat16", probe=False)
+    assert (got is None) if expected is None else (expected in got)
+
+
+def test_check_warns_before_anything_runs(tmp_path):
+    import yaml
+
+    from .conftest import REPO_ROOT, run_cli
+
+    data = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    data["variants"]["extra-w4"] = {"method": "gptq", "backend": "llmcompressor", "group_size": 64}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (tmp_path / "dvc.yaml").write_text((REPO_ROOT / "dvc.yaml").read_text())
+    result = run_cli("check", cwd=tmp_path, env={COMPUTE_DTYPE_ENV: "float32"})
+    assert result.returncode == 0, result.stderr
+    assert "warning: evaluate@extra-w4: " in result.stderr and "eval.fallback: hf" in result.stderr
+    assert "dvc.yaml artifacts: add `smollm2-135m-instruct-extra-w4: {path: build/variants/extra-w4/model" in result.stderr
+    assert "dvc.yaml plots.throughput.y: add `build/eval/extra-w4/plots/throughput.json" in result.stderr
