@@ -178,3 +178,23 @@ def test_fetch_demo_gguf_from_installed_package(tmp_path):
     out = model.generate(**ids, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_only_root_level_weights_the_index_names_are_fetched(tmp_path, tiny_llama_dir):
+    """A repo's sub-folder checkpoints (onnx/, original/) and duplicate weight files the index does not
+    name are neither copied nor counted into the size."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_llama_dir, src)
+    weights = src / "model.safetensors"
+    (src / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "model.safetensors"}}))
+    shutil.copy2(weights, src / "consolidated.safetensors")
+    (src / "onnx").mkdir()
+    shutil.copy2(weights, src / "onnx" / "model.safetensors")
+    record = fetch(tmp_path, source=str(src))
+    assert sorted(n for n in record["files"] if n.endswith(".safetensors")) == ["model.safetensors"]
+    assert "model.safetensors.index.json" in record["files"]
+    assert not any("/" in n for n in record["files"])
+    assert record["total_bytes"] < 2 * weights.stat().st_size

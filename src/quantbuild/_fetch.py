@@ -37,12 +37,36 @@ def allow_patterns(base: BaseConfig) -> list[str]:
     return patterns
 
 
+def wanted_files(names: list[str], base: BaseConfig, index_names: set[str] | None = None) -> list[str]:
+    """The files fetch takes: root-level only (a repo's sub-folders hold other checkpoints: onnx/, gguf/,
+    original/ ...), and of the weights only those the root index names, so no duplicate or sub-folder
+    checkpoint is downloaded or counted into sizes."""
+    patterns = allow_patterns(base)
+    root = [n for n in names if "/" not in n and _matches(n, patterns)]
+    if index_names is not None:
+        weights = [n for n in root if _matches(n, ["*.safetensors"])]
+        root = [n for n in root if n not in weights or n in index_names]
+    return sorted(root)
+
+
+def _index_names(read) -> set[str] | None:
+    try:
+        data = json.loads(read())
+        return set(data["weight_map"].values())
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise SourceError("base.source: model.safetensors.index.json is not a valid weight index; "
+                          "fix the model repository") from None
+
+
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch(name, p) for p in patterns)
 
 
 def _check_weights(names: list[str], base: BaseConfig, where: str) -> bool:
-    """True when weights need a pickle -> safetensors conversion; raises when unusable."""
+    """True when weights need a pickle -> safetensors conversion; raises when unusable (root level only)."""
+    names = [n for n in names if "/" not in n]
     safe = [n for n in names if _matches(n, ["*.safetensors"])]
     pickled = [n for n in names if _matches(n, PICKLE_WEIGHTS) and not n.endswith(".json")]
     if safe:
@@ -93,9 +117,19 @@ def _fetch_hub(base: BaseConfig, staging: Path) -> dict[str, Any]:
     _check_weights(names, base, f"hf://{repo}@{revision}")
     log(STAGE, f"hf://{repo}@{revision} -> commit {info.sha}; downloading from {constants.ENDPOINT}")
     try:
+        index = None
+        if "model.safetensors.index.json" in names:
+            from huggingface_hub import hf_hub_download
+
+            path = with_retries(lambda: hf_hub_download(repo, "model.safetensors.index.json", revision=info.sha),
+                                stage=STAGE, what="weight index")
+            index = _index_names(lambda: Path(path).read_text())
+        files = wanted_files(names, base, index)
         # Download at the resolved sha, never the moving ref: what we record is what we got.
-        with_retries(lambda: snapshot_download(repo, revision=info.sha, allow_patterns=allow_patterns(base),
+        with_retries(lambda: snapshot_download(repo, revision=info.sha, allow_patterns=files,
                                                local_dir=staging), stage=STAGE, what="download")
+    except SourceError:
+        raise
     except Exception as exc:
         raise _hub_error(exc, repo, revision) from None
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's local_dir bookkeeping
@@ -109,11 +143,10 @@ def _fetch_folder(base: BaseConfig, staging: Path) -> dict[str, Any]:
         raise SourceError(f"base.source: folder {folder} does not exist (give a model folder, a .gguf file or hf://org/name)")
     names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     _check_weights(names, base, str(folder))
-    patterns = allow_patterns(base)
-    for name in names:
-        if _matches(name, patterns):
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(folder / name, staging / name)
+    index_file = folder / "model.safetensors.index.json"
+    index = _index_names(lambda: index_file.read_text()) if index_file.is_file() else None
+    for name in wanted_files(names, base, index):
+        shutil.copy2(folder / name, staging / name)
     return {"path": str(folder.resolve())}
 
 
