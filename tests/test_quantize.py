@@ -100,7 +100,12 @@ def test_each_method_and_backend_on_the_tiny_model(name, tiny_variants, tiny_lla
     assert record["backend"] == TINY_VARIANTS[name].get("backend", {"gptq": "gptqmodel", "awq": "llmcompressor"}
                                                         .get(TINY_VARIANTS[name]["method"], "llmcompressor"))
     assert layer_bytes(folder / "model") / layer_bytes(tiny_llama_dir) < SIZE_BOUND[name]
-    assert record["size_bytes"] < record["base"]["size_bytes"]
+    if "spinquant" in (TINY_VARIANTS[name].get("transforms") or []):
+        # the rotation unties the embedding: lm_head is stored on its own (on a 128-wide toy model with a
+        # 49k vocabulary that outweighs what 4-bit saves; on the demo model 0.65x the base)
+        assert config.get("tie_word_embeddings") is False
+    else:
+        assert record["size_bytes"] < record["base"]["size_bytes"]
     assert record["seconds"] > 0 and record["peak_rss_mb"] > 100
     if name == "fp8-dynamic":  # data-free: it records so, and reads no calibration file
         assert record["calibration"] == "no calibration (data-free method)"
