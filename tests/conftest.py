@@ -105,8 +105,10 @@ def make_project(dest: Path) -> Path:
            "GIT_COMMITTER_EMAIL": "t@t"}
     for cmd in (["git", "init", "-q"], [str(VENV_BIN / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)
-    # The repo's DVC config (default remote "local"), pointed inside the test's folder.
+    # The repo's DVC config (default remote "local"), pointed inside the test's folder, and its plot
+    # templates (the sensitivity heatmap): `dvc init` writes neither.
     shutil.copy2(REPO_ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    shutil.copytree(REPO_ROOT / ".dvc" / "plots", dest / ".dvc" / "plots", dirs_exist_ok=True)
     for cmd in ([str(VENV_BIN / "dvc"), "remote", "modify", "local", "url", str(dest.parent / "dvc-remote")],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True, env=env, capture_output=True)

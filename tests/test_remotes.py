@@ -24,6 +24,7 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAM
 
 def run(cwd: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     full = {**os.environ, **GIT_ENV, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}  # env={"CI": None} unsets it
     result = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=full, timeout=1800)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -60,8 +61,12 @@ def shipped(session_hub, tiny_llama_dir, tmp_path_factory):
     run(project, "git", "remote", "add", "origin", str(root / "origin.git"))
     run(project, "git", "push", "-q", "origin", "HEAD:refs/heads/main")
     mismatch = run(project, ".ci/release", "v9.9.9", check=False)
-    released = run(project, ".ci/release", "v0.1.0", check=False)
-    return {"root": root, "project": project, "hub": hub, "mismatch": mismatch, "released": released}
+    # In CI (the variable GitHub and this project's CI set) a local-path remote is refused: runners are
+    # thrown away. Outside CI, as here on purpose, the release runs against the local remote.
+    in_ci = run(project, ".ci/release", "v0.1.0", check=False, env={"CI": "true"})
+    released = run(project, ".ci/release", "v0.1.0", check=False, env={"CI": None})
+    return {"root": root, "project": project, "hub": hub, "mismatch": mismatch, "in_ci": in_ci,
+            "released": released}
 
 
 def fresh_clone(shipped, name: str) -> Path:
@@ -76,6 +81,8 @@ def test_release_script_publishes_pushes_and_tags(shipped):
     mismatch, released = shipped["mismatch"], shipped["released"]
     assert mismatch.returncode == 2
     assert "error: params.yaml publish: 'v0.1.0 True' (version, enabled) must be 'v9.9.9 True'" in mismatch.stderr
+    in_ci = shipped["in_ci"]
+    assert in_ci.returncode == 2 and "is a local path" in in_ci.stderr and "dvc remote add -d" in in_ci.stderr
     assert released.returncode == 0, released.stdout[-3000:] + released.stderr[-3000:]
     assert "[release] v0.1.0: done" in released.stdout
     remote = run(shipped["project"], "git", "ls-remote", "origin").stdout
