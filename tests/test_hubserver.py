@@ -168,7 +168,12 @@ class TestUpload:
             (tmp_path / "t" / "a.txt").read_bytes() == b"one"
         api.delete_file("a.txt", repo_id=repo, commit_message="rm")
         assert "a.txt" not in api.list_repo_files(repo)
-        api.delete_tag(repo, tag="v0.1.0")
+        api.create_tag(repo, tag="candidate", revision=c2.oid)
+        api.delete_tag(repo, tag="candidate")  # an ordinary tag: its repo's writers delete it
+        with pytest.raises(HfHubHTTPError) as info:
+            api.delete_tag(repo, tag="v0.1.0")  # a version tag: protected, even from the repo's owner
+        assert info.value.response.status_code == 403
+        HfApi(token=hub.admin_token).delete_tag(repo, tag="v0.1.0")
         api.delete_branch(repo, branch="feature")
         refs = api.list_repo_refs(repo)
         assert refs.tags == [] and [b.name for b in refs.branches] == ["main"]
@@ -236,7 +241,10 @@ class TestAuth:
         hub.seed(gated, {"config.json": "{}"}, gated=True, access=[hub.user])
         with pytest.raises(RepositoryNotFoundError):
             HfApi(token=False).model_info(private)
-        assert HfApi(token=hub.read_token).model_info(private).id == private
+        # visible to its namespace only: another user's token sees no repo at all
+        with pytest.raises(RepositoryNotFoundError):
+            HfApi(token=hub.read_token).model_info(private)
+        assert HfApi().model_info(private).id == private
         with pytest.raises(GatedRepoError):
             hf_hub_download(gated, "config.json", token=False, local_dir=tmp_path / "a")
         with pytest.raises(GatedRepoError):

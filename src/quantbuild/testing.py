@@ -21,6 +21,7 @@ from .hubserver import HubServer
 WRITE_TOKEN = "hf_quantbuildtestwritetoken0000000001"
 READ_TOKEN = "hf_quantbuildtestreadtoken00000000002"
 OTHER_TOKEN = "hf_quantbuildtestothertoken0000000003"
+ADMIN_TOKEN = "hf_quantbuildtestadmintoken0000000004"
 USER = "qb-tester"
 
 _state: dict = {}
@@ -32,6 +33,7 @@ class Hub:
     write_token: str = WRITE_TOKEN
     read_token: str = READ_TOKEN
     other_token: str = OTHER_TOKEN
+    admin_token: str = ADMIN_TOKEN
     user: str = USER
     _counter: itertools.count = field(default_factory=itertools.count)
 
@@ -49,7 +51,7 @@ class Hub:
 
 def start_session_hub(root: Path) -> Hub:
     tokens = {WRITE_TOKEN: {"user": USER, "role": "write"}, READ_TOKEN: {"user": "qb-reader", "role": "read"},
-              OTHER_TOKEN: {"user": "qb-other", "role": "write"}}
+              OTHER_TOKEN: {"user": "qb-other", "role": "write"}, ADMIN_TOKEN: {"user": "qb-admin", "role": "admin"}}
     server = HubServer(root / "hub", tokens=tokens).start()
     os.environ.update({
         "HF_ENDPOINT": server.url,

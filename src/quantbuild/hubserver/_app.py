@@ -1,32 +1,93 @@
-"""HTTP layer: the Hub's API routes (see shared notes hub-protocol.md) over Storage."""
+"""HTTP layer: the Hub's API routes (see shared notes hub-protocol.md) over Storage.
+
+Hardened for a server several people share: every identifier from a request is validated before it
+reaches storage; bodies are bounded per route before anyone is authenticated; a request must finish its
+headers within a deadline and its body at a minimum rate; every refusal, malformed requests included, is a
+JSON error with a 4xx status; nothing from the request reaches a response header unescaped.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
 import socket
+import ssl
+import threading
+import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._cardcheck import front_matter
+from ._auth import Principal
 from ._routing import API, REPO, ROUTES, HTTPError, route
 from ._write import WriteRoutes
 from ._storage import REPO_TYPES, Entry, StorageError, clean_path, iso, lfs_pointer, valid_repo_name
 
 TYPE_OF_PLURAL = {v: k for k, v in REPO_TYPES.items()}
 CHUNK = 1 << 20
+HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+# Request-shaped mistakes in a body (wrong JSON types, bad base64, bad numbers): the client's fault, a 400.
+MALFORMED = (ValueError, TypeError, KeyError, AttributeError, binascii.Error, UnicodeError)
+
+
+def header_value(value: Any) -> str:
+    """Printable ASCII only: CR/LF (header injection) and non-Latin-1 text (which http.server cannot encode
+    and would answer by dropping the connection) are written as escapes."""
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in str(value))
 
 
 class HubHandler(WriteRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server_version = "quantbuild-hub/0.1"
+    server_version = "quantbuild-hub/0.2"
 
     # --- plumbing ------------------------------------------------------------------------------
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet unless asked; never logs headers
         if self.server.verbose:
-            super().log_message(fmt, *args)
+            super().log_message(fmt, *(header_value(a) for a in args))
+
+    def setup(self) -> None:
+        # Idle timeout: every read and write on the socket gives up after this long without progress.
+        self.timeout = self.server.limits.idle_timeout
+        self._timer: threading.Timer | None = None
+        if self.server.ssl_context is not None:
+            self.request.settimeout(self.timeout)  # the handshake runs here, in this connection's thread
+            self.request = self.server.ssl_context.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def handle_one_request(self) -> None:
+        # A slow client that trickles its headers a byte at a time never trips the idle timeout: the
+        # request line and headers must all arrive within header_timeout.
+        self._arm(self.server.limits.header_timeout)
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError, ssl.SSLError, OSError):
+            self.close_connection = True
+        finally:
+            self._disarm()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self.close_connection = True
+        self.server.stats["timeouts"] += 1
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def do_GET(self): self._dispatch("GET")
     def do_HEAD(self): self._dispatch("HEAD")
@@ -34,13 +95,74 @@ class HubHandler(WriteRoutes, BaseHTTPRequestHandler):
     def do_PUT(self): self._dispatch("PUT")
     def do_DELETE(self): self._dispatch("DELETE")
 
-    def _dispatch(self, method: str) -> None:
-        self._body_read = False
-        url = urlsplit(self.path)
-        self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        fault = self.server.faults.check(method, url.path)
-        self.drop_after = None
+    def send_header(self, keyword: str, value: Any) -> None:
+        super().send_header(keyword, header_value(value))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, headers too long, unknown method) as JSON 4xx."""
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"method {header_value(self.command)} is not served"
+        elif code >= 500:  # e.g. 505 for an HTTP version we do not speak: the request's fault
+            code = HTTPStatus.BAD_REQUEST
+        if getattr(self, "request_version", None) == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # else http.server would send the body without a status line
+        self.close_connection = True
+        body = json.dumps({"error": message or HTTPStatus(code).phrase}).encode()
         try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:
+            pass
+
+    def _content_length(self) -> int | None:
+        raw = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            if raw is not None:
+                raise HTTPError(400, "Content-Length and chunked Transfer-Encoding together")
+            return None
+        if raw is None:
+            return 0
+        if not raw.strip().isdigit() or len(raw.strip()) > 15:
+            raise HTTPError(400, "Content-Length must be a non-negative integer")
+        return int(raw)
+
+    def _dispatch(self, method: str) -> None:
+        self._disarm()  # the headers are in
+        self._body_read, self._body_limit, self._length = False, self.server.limits.json_body, 0
+        self._buffered: bytes | None = None
+        try:
+            try:
+                self._length = self._content_length()
+            except HTTPError:
+                self._body_read = True  # the body's end is unknown: never read it, close afterwards
+                self.close_connection = True
+                raise
+            url = urlsplit(self.path)
+            self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            for verb, pattern, name in ROUTES:
+                match = pattern.match(url.path)
+                if match and (verb == method or (verb == "GET" and method == "HEAD")):
+                    break
+            else:
+                match, name = None, None
+            # Bodies are bounded per route before anyone is authenticated: a JSON call gets a small
+            # budget, a commit a larger one, an LFS upload exactly the size its ticket announced.
+            self._body_limit = self.server.limits.body_limit(name)
+            if self._length is not None and self._length > self._body_limit and name != "lfs_upload":
+                self._body_read = True
+                self.close_connection = True
+                raise HTTPError(413, f"request body of {self._length} bytes is over this route's limit "
+                                     f"of {self._body_limit}")
+            if self._length is None and name != "lfs_upload":
+                # A chunked body announces no size: read it (within the limit) before anyone is authenticated.
+                self._buffered = self._body()
+            fault = self.server.faults.check(method, url.path)
+            self.drop_after = None
             if fault is not None:
                 if fault["action"] == "drop" and method != "GET":
                     self.close_connection = True
@@ -52,63 +174,88 @@ class HubHandler(WriteRoutes, BaseHTTPRequestHandler):
                     status = int(fault["action"])
                     headers = {"Retry-After": str(fault.get("retry_after", 1))} if status == 429 else {}
                     raise HTTPError(status, f"injected fault {status}", headers=headers)
-            for verb, pattern, name in ROUTES:
-                match = pattern.match(url.path)
-                if match and (verb == method or (verb == "GET" and method == "HEAD")):
-                    groups = {k: unquote(v) if v is not None else None for k, v in match.groupdict().items()}
-                    getattr(self, name)(**groups)
-                    break
-            else:
+            if match is None:
                 raise HTTPError(404, f"no route for {method} {url.path}")
+            groups = {k: unquote(v) if v is not None else None for k, v in match.groupdict().items()}
+            getattr(self, name)(**groups)
         except HTTPError as exc:
             self._error(exc.status, str(exc), exc.code, exc.headers)
         except StorageError as exc:
             self._error(exc.status, str(exc), exc.code)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
             self.close_connection = True
+        except MALFORMED as exc:
+            self._error(400, f"malformed request: {type(exc).__name__}: {exc}"[:300], None)
+        except Exception as exc:  # a bug of ours: say so in JSON rather than drop the connection
+            self.server.stats["internal_errors"] += 1
+            self._error(500, f"internal error ({type(exc).__name__})", None)
         finally:
             if not self._body_read:
-                self._discard_body()
+                if self._length is not None and self._length <= self._body_limit:
+                    self._discard_body()
+                else:
+                    self.close_connection = True
 
     def _discard_body(self) -> None:
         try:
             for _ in self._body_chunks():
                 pass
-        except (OSError, ValueError):
+        except (OSError, ValueError, HTTPError):
             self.close_connection = True
 
     def _body_chunks(self):
+        """The body, in chunks, within this route's limit and at a minimum rate (slow senders are cut)."""
         self._body_read = True
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return
-                data = self.rfile.read(size)
-                self.rfile.readline()
-                self.server.stats["bytes_received"] += len(data)
-                yield data
-        else:
-            left = int(self.headers.get("Content-Length") or 0)
-            while left > 0:
-                data = self.rfile.read(min(CHUNK, left))
-                if not data:
-                    raise ConnectionResetError("client closed mid-body")
-                left -= len(data)
-                self.server.stats["bytes_received"] += len(data)
-                yield data
+        limits, received = self.server.limits, 0
+        expected = self._length if self._length is not None else self._body_limit
+        self._arm(limits.header_timeout + expected / limits.min_body_rate)
+        try:
+            if self._length is None:  # chunked
+                while True:
+                    line = self.rfile.readline(64)
+                    try:
+                        size = int(line.split(b";")[0].strip() or b"0", 16)
+                    except ValueError:
+                        self.close_connection = True
+                        raise HTTPError(400, "malformed chunked body") from None
+                    if size == 0:
+                        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                            pass
+                        return
+                    received += size
+                    if received > self._body_limit:
+                        self.close_connection = True
+                        raise HTTPError(413, f"request body is over this route's limit of {self._body_limit}")
+                    data = self.rfile.read(size)
+                    self.rfile.readline(8)
+                    self.server.stats["bytes_received"] += len(data)
+                    yield data
+            else:
+                left = self._length
+                while left > 0:
+                    data = self.rfile.read(min(CHUNK, left))
+                    if not data:
+                        raise ConnectionResetError("client closed mid-body")
+                    left -= len(data)
+                    self.server.stats["bytes_received"] += len(data)
+                    yield data
+        finally:
+            self._disarm()
 
     def _body(self) -> bytes:
+        if self._buffered is not None:
+            return self._buffered
         return b"".join(self._body_chunks())
 
-    def _json_body(self) -> Any:
+    def _json_body(self) -> dict[str, Any]:
         raw = self._body()
         try:
-            return json.loads(raw or b"{}")
-        except json.JSONDecodeError:
+            data = json.loads(raw or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise HTTPError(400, "request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise HTTPError(400, "request body must be a JSON object")
+        return data
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None,
               content_type: str = "application/json") -> None:
@@ -117,6 +264,8 @@ class HubHandler(WriteRoutes, BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -132,46 +281,66 @@ class HubHandler(WriteRoutes, BaseHTTPRequestHandler):
         extra["X-Error-Message"] = message
         try:
             self._json({"error": message}, status, extra)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
             self.close_connection = True
 
     def _base_url(self) -> str:
-        return f"http://{self.headers.get('Host') or '%s:%d' % self.server.server_address[:2]}"
+        """For the LFS URLs the server hands out. The Host header is used only when it is a well-formed
+        host[:port]; the scheme is https under TLS, or the proxy's X-Forwarded-Proto when told to trust it."""
+        host = self.headers.get("Host", "")
+        if not HOST_RE.match(host):
+            host = "%s:%d" % self.server.server_address[:2]
+        scheme = "https" if self.server.ssl_context is not None else "http"
+        forwarded = self.headers.get("X-Forwarded-Proto", "").strip().lower()
+        if self.server.trust_proxy and forwarded in ("http", "https"):
+            scheme = forwarded
+        return f"{scheme}://{host}"
 
     # --- auth ----------------------------------------------------------------------------------
-    def _user(self) -> dict | None:
+    def _user(self) -> Principal | None:
         auth = self.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             return None
-        user = self.server.tokens.get(auth[len("Bearer "):].strip())
+        user = self.server.tokens.lookup(auth[len("Bearer "):].strip())
         if user is None:
             raise HTTPError(401, "Invalid credentials in Authorization header")
         return user
 
-    def _writer(self) -> dict:
+    def _writer(self) -> Principal:
         user = self._user()
         if user is None:
             raise HTTPError(401, "You must be authenticated to write (set HF_TOKEN)")
-        if user.get("role") != "write":
-            raise HTTPError(403, f"token of {user['user']} is read-only")
+        if user.role not in ("write", "admin"):
+            raise HTTPError(403, f"token of {user.user} is read-only")
+        return user
+
+    def _admin(self) -> Principal:
+        user = self._user()
+        if user is None:
+            raise HTTPError(401, "the admin endpoints need an admin token")
+        if not user.is_admin:
+            raise HTTPError(403, f"{user.user} is not an admin")
         return user
 
     def _repo(self, plural: str, org: str, name: str, *, write: bool = False) -> tuple[str, str, dict]:
-        rtype = TYPE_OF_PLURAL[plural] if plural in TYPE_OF_PLURAL else plural
+        if plural not in TYPE_OF_PLURAL:
+            raise HTTPError(400, f"invalid repo type {plural!r}")
+        rtype = TYPE_OF_PLURAL[plural]
         if not valid_repo_name(org, name):
             raise HTTPError(400, f"invalid repo id {org}/{name!r}")
         repo_id = f"{org}/{name}"
         user = self._writer() if write else self._user()
         meta = self.server.storage.repo_meta(rtype, repo_id)
-        if meta is None:
+        # A private repo is invisible outside its namespace: the same answer as a repo that does not exist.
+        if meta is None or (meta.get("private") and not (user and user.member_of(org))):
             raise HTTPError(404 if user else 401, f"{rtype} {repo_id} not found", "RepoNotFound")
-        if meta.get("private") and user is None:
-            raise HTTPError(401, f"{rtype} {repo_id} not found", "RepoNotFound")
-        if meta.get("gated") and not write:
+        if write and not user.can_write(org):
+            raise HTTPError(403, f"{user.user} may not write to {repo_id}: only {org} and its members can")
+        if meta.get("gated") and not write and not (user and user.member_of(org)):
             if user is None:
                 raise HTTPError(401, f"access to {repo_id} is gated: log in and accept its conditions", "GatedRepo")
-            if meta.get("access") and user["user"] not in meta["access"]:
-                raise HTTPError(403, f"access to {repo_id} is gated: {user['user']} was not granted access",
+            if meta.get("access") and user.user not in meta["access"]:
+                raise HTTPError(403, f"access to {repo_id} is gated: {user.user} was not granted access",
                                 "GatedRepo")
         return rtype, repo_id, meta
 
@@ -184,9 +353,10 @@ class HubHandler(WriteRoutes, BaseHTTPRequestHandler):
         user = self._user()
         if user is None:
             raise HTTPError(401, "Invalid credentials in Authorization header")
-        self._json({"type": "user", "name": user["user"], "fullname": user["user"], "orgs": [],
+        self._json({"type": "user", "name": user.user, "fullname": user.user,
+                    "orgs": [{"name": o, "type": "org"} for o in user.orgs],
                     "auth": {"type": "access_token", "accessToken": {"displayName": "quantbuild-hub",
-                                                                     "role": user.get("role", "read")}}})
+                                                                     "role": user.role}}})
 
     def _info(self, plural: str, org: str, name: str, rev: str) -> dict[str, Any]:
         rtype, repo_id, meta = self._repo(plural, org, name)
@@ -266,15 +436,17 @@ class HubHandler(WriteRoutes, BaseHTTPRequestHandler):
     @route("POST", API + r"/paths-info/(?P<rev>[^/]+)$")
     def paths_info(self, plural: str, org: str, name: str, rev: str) -> None:
         rtype, repo_id, _ = self._repo(plural, org, name)
-        raw = self._body()
         if self.headers.get("Content-Type", "").startswith("application/json"):
-            paths = json.loads(raw or b"{}").get("paths", [])
+            paths = self._json_body().get("paths", [])
         else:
-            paths = parse_qs(raw.decode()).get("paths", [])
+            paths = parse_qs(self._body().decode("utf-8")).get("paths", [])
+        paths = paths if isinstance(paths, list) else [paths]
+        if not all(isinstance(p, str) for p in paths):
+            raise HTTPError(400, "paths must be a list of strings")
         sha = self._revision(rtype, repo_id, rev)
         tree = self.server.storage.tree(rtype, repo_id, sha)
         out = []
-        for path in paths if isinstance(paths, list) else [paths]:
+        for path in paths:
             path = path.strip("/")
             if path in tree:
                 out.append(self._file_entry(path, tree[path]))

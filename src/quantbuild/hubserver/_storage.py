@@ -11,6 +11,7 @@ a crash or a refused commit never leaves a branch pointing at half a change.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +27,9 @@ from typing import Any, Iterable
 REPO_TYPES = {"model": "models", "dataset": "datasets", "space": "spaces"}
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?$")
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+MAX_PATH = 1000
 LFS_PATTERNS = re.compile(r"\.(safetensors|bin|pt|pth|ckpt|gguf|onnx|h5|msgpack|parquet|arrow|npy|npz|zip|gz|"
                           r"tar|zst|bz2|xz|7z|pkl|pickle|model|tflite|ot|joblib)$", re.I)
 LFS_THRESHOLD = 10 * 1024 * 1024
@@ -49,12 +53,19 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 
 def valid_repo_name(org: str, name: str) -> bool:
-    return bool(NAME_RE.match(org) and NAME_RE.match(name)) and ".." not in org + name
+    return isinstance(org, str) and isinstance(name, str) and bool(NAME_RE.match(org) and NAME_RE.match(name)) \
+        and ".." not in org + name
+
+
+def valid_ref_name(name: str) -> bool:
+    return isinstance(name, str) and bool(REF_RE.match(name)) and ".." not in name and not name.endswith("/")
 
 
 def clean_path(path: str) -> str:
-    """A repo-relative path, or StorageError: no absolute paths, no '..', no empty segments."""
-    if not path or path.startswith("/") or "\\" in path or "\0" in path:
+    """A repo-relative path, or StorageError: no absolute paths, no '..', no empty segments, no control
+    characters."""
+    if not isinstance(path, str) or not path or len(path) > MAX_PATH or path.startswith("/") or "\\" in path \
+            or any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise StorageError(400, f"invalid path {path!r}")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts) or parts[0] == ".git":
@@ -95,10 +106,38 @@ class Storage:
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
         (self.root / "repos").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # commits and ref updates of this process, one at a time
+        self._root_lock = self._lock_root()  # and one process per root
+
+    def _lock_root(self):
+        """Two servers on one root would both read refs.json, commit, and the later write would drop the
+        other's commit. An exclusive lock on the root for the server's lifetime makes that impossible."""
+        fh = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise StorageError(409, f"{self.root} is in use by another quantbuild hub server (pid {holder}): "
+                               "one server per root; stop it or choose another --root") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        return fh
+
+    def close(self) -> None:
+        if self._root_lock is not None:
+            self._root_lock.close()  # closing the file releases the lock
+            self._root_lock = None
 
     # --- blobs ---------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
+        # Every object name is checked here, at the one place names become paths: an oid from a request
+        # or from a stored commit can never point outside objects/.
+        if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
+            raise StorageError(400, f"invalid object id {sha256!r}: 64 lowercase hex digits (sha256)")
         return self.root / "objects" / sha256[:2] / sha256
 
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
@@ -143,7 +182,10 @@ class Storage:
 
     # --- repos ---------------------------------------------------------------------------------
     def repo_dir(self, rtype: str, repo_id: str) -> Path:
-        return self.root / "repos" / REPO_TYPES[rtype] / repo_id
+        org, _, name = repo_id.partition("/")
+        if rtype not in REPO_TYPES or not valid_repo_name(org, name):
+            raise StorageError(400, f"invalid repo id {repo_id!r}")
+        return self.root / "repos" / REPO_TYPES[rtype] / org / name
 
     def repo_meta(self, rtype: str, repo_id: str) -> dict[str, Any] | None:
         path = self.repo_dir(rtype, repo_id) / "repo.json"
@@ -185,6 +227,8 @@ class Storage:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def resolve(self, rtype: str, repo_id: str, revision: str) -> str:
+        if not isinstance(revision, str) or not revision or len(revision) > 256:
+            raise StorageError(400, f"invalid revision {revision!r}")
         refs = self.refs(rtype, repo_id)
         if revision in refs["branches"]:
             return refs["branches"][revision]
@@ -282,7 +326,7 @@ class Storage:
             else:
                 if name in refs[table]:
                     raise StorageError(409, f"{kind} {name!r} already exists in {repo_id}")
-                if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$", name) or ".." in name:
+                if not valid_ref_name(name):
                     raise StorageError(400, f"invalid {kind} name {name!r}")
                 refs[table][name] = {"commit": target, "message": message} if kind == "tag" else target
             self._write_json(self.repo_dir(rtype, repo_id) / "refs.json", refs)
