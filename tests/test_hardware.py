@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from quantbuild._hardware import COMPUTE_DTYPE_ENV, compute_dtype, cpu_has_native_bf16, cpu_info
-from quantbuild.evaluate._kernels import formats_of, missing_kernel, vllm_cpu_library
+from quantbuild.evaluate._kernels import FP8_MIN_GFLOPS, formats_of, fp8_gemm_gflops, missing_kernel, vllm_cpu_library
 
 
 def test_this_cpu_is_reported_with_its_flags():
@@ -82,3 +82,17 @@ def test_check_warns_before_anything_runs(tmp_path):
     assert "warning: evaluate@extra-w4: " in result.stderr and "eval.fallback: hf" in result.stderr
     assert "dvc.yaml artifacts: add `smollm2-135m-instruct-extra-w4: {path: build/variants/extra-w4/model" in result.stderr
     assert "dvc.yaml plots.throughput.y: add `build/eval/extra-w4/plots/throughput.json" in result.stderr
+
+
+FP8 = {"quant_method": "compressed-tensors", "config_groups": {"g": {
+    "weights": {"num_bits": 8, "type": "float"}, "input_activations": {"num_bits": 8, "type": "float", "dynamic": True}}}}
+
+
+def test_fp8_falls_back_exactly_where_this_cpus_fp8_gemm_is_the_reference_kernel(tmp_path):
+    """vLLM's CPU FP8 kernel calls torch._scaled_mm with per-tensor scales; where oneDNN serves that with its
+    reference kernel (0.06 GFLOP/s measured on an AVX512-BF16 Xeon) the engine times out, so it falls back."""
+    gflops = fp8_gemm_gflops()
+    assert gflops is not None and gflops > 0
+    reason = missing_kernel(_model(tmp_path, FP8), "bfloat16")
+    assert (reason is not None) == (gflops < FP8_MIN_GFLOPS), (gflops, reason)
+    assert reason is None or "reference kernel" in reason

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from ._progress import fmt_seconds, log
@@ -20,6 +23,7 @@ def report(exc: QuantbuildError) -> int:
 def run_stage(name: str, work: Callable[[], Any]) -> None:
     start = time.monotonic()
     log(name, "started")
+    _adopt_orphans()
     try:
         work()
     except QuantbuildError as exc:
@@ -27,4 +31,72 @@ def run_stage(name: str, work: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print(f"error: {name}: interrupted; no partial output was kept", file=sys.stderr)
         sys.exit(130)
+    finally:
+        _end_descendants()
     log(name, f"done in {fmt_seconds(time.monotonic() - start)}")
+
+
+def _adopt_orphans() -> None:
+    """Engines start helper processes (vLLM: an engine core and its workers). When one dies first, its
+    children would be re-parented to init and outlive the stage, computing on and holding dvc's output
+    pipes open (seen: a worker spinning at 100 % CPU for an hour after its stage failed). As a child
+    subreaper this process inherits them instead, so the stage can end them when it ends."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
+def _descendants() -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _end_descendants(grace: float = 3.0) -> None:
+    """Every process this stage started, directly or not, ends with it: SIGTERM, then SIGKILL."""
+    pids = _descendants()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while sig == signal.SIGTERM and time.monotonic() < deadline and _alive(pids):
+            time.sleep(0.1)
+        pids = _alive(pids)
+        if not pids:
+            return
+
+
+def _alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own (adopted) children
+            if done == 0:
+                alive.append(pid)
+        except ChildProcessError:  # not ours to reap: alive unless gone or a zombie
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+            except (OSError, IndexError):
+                pass
+        except OSError:
+            pass
+    return alive

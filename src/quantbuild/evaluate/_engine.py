@@ -58,6 +58,20 @@ def command_line(engine: str, args: dict[str, Any], tasks: list[str], include_pa
     return " ".join(parts)
 
 
+def activation_quantized_modules(model: Any) -> int:
+    """How many modules quantize their input activations in this transformers model. vLLM quantizes a W8A8
+    checkpoint's activations (per token for the dynamic schemes); transformers, which decompresses the
+    weights to bf16, keeps that step only through compressed-tensors' quantized forward on each module.
+    The fallback records the count so a measurement that lost the step (0 for a W8A8 variant) shows."""
+    count = 0
+    for module in model.modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        if scheme is not None and scheme.input_activations is not None and \
+                hasattr(module.__dict__.get("forward"), "__wrapped__") and getattr(module, "quantization_enabled", True):
+            count += 1
+    return count
+
+
 class Engine:
     """One loaded model: lm-eval's LM wrapper plus the probes quantbuild adds (logprobs, speed)."""
 
@@ -76,6 +90,7 @@ class Engine:
             from lm_eval.models.huggingface import HFLM
 
             self.lm = HFLM(**self.args)
+            self.activation_quant_modules = activation_quantized_modules(self.lm.model)
         self.startup_seconds = time.monotonic() - start
 
     @property

@@ -6,11 +6,18 @@ W4A16 kernel, and it is compiled for bf16 and fp16 activations only; there is no
 weight-only formats at all. A W4A16 variant on an AVX2 machine, or evaluated in float32 (a CPU without
 native bf16), therefore cannot run in vLLM: the evaluate stage measures it with transformers instead
 (eval.fallback: hf) or refuses (eval.fallback: refuse).
+
+FP8 (W8A8, dynamic activations) runs on CPU through torch._scaled_mm with per-tensor scales. On some CPUs
+(seen: an Intel Xeon with AVX512-BF16, torch 2.13) oneDNN serves that call with its scalar reference
+kernel at ~0.06 GFLOP/s, 1000x slower than with row-wise scales: one forward of the 135M demo model then
+outlasts vLLM's 300 s step timeout and the engine dies. A 2 ms probe of that exact call decides.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from pathlib import Path
 
 from .._hardware import cpu_info, cpu_has_native_bf16
@@ -59,11 +66,42 @@ def _has_wna16() -> bool:
         return vllm_cpu_library() != "_C_AVX2"
 
 
+FP8_MIN_GFLOPS = 1.0  # the reference kernel measured 0.06; oneDNN's optimised paths 60+ on 2 cores
+
+
+@functools.lru_cache(maxsize=1)
+def fp8_gemm_gflops() -> float | None:
+    """Throughput of the GEMM vLLM's CPU FP8 kernel calls (torch._scaled_mm, fp8 e4m3 operands,
+    per-tensor scales, float32 out) on a small shape; None where torch cannot run it at all."""
+    try:
+        import torch
+
+        m, k, n = 16, 256, 256
+        a = torch.ones(m, k).to(torch.float8_e4m3fn)
+        b = torch.ones(n, k).to(torch.float8_e4m3fn).t()
+        one = torch.ones(1, dtype=torch.float32)
+        torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.float32)  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.float32)
+            best = min(best, time.perf_counter() - start)
+        return 2 * m * k * n / best / 1e9
+    except Exception:  # noqa: BLE001 - no torch here, or no FP8 support in it
+        return None
+
+
 def missing_kernel(model_dir: Path, dtype: str, *, on_gpu: bool = False, probe: bool = True) -> str | None:
     """Why vLLM cannot run this checkpoint here in `dtype`, or None when it can."""
     if on_gpu:
         return None
     needs = formats_of(model_dir)
+    if "fp8" in needs and probe:
+        gflops = fp8_gemm_gflops()
+        if gflops is not None and gflops < FP8_MIN_GFLOPS:
+            return (f"vLLM's CPU FP8 GEMM (torch._scaled_mm, per-tensor scales) runs in oneDNN's reference kernel "
+                    f"here ({gflops:.2f} GFLOP/s on {cpu_info()['model']}): a forward pass would outlast vLLM's "
+                    "step timeout")
     if "wna16" in needs:
         library = vllm_cpu_library()
         if not (_has_wna16() if probe else library != "_C_AVX2"):

@@ -142,6 +142,8 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
         speed = engine.speed(source)
         timings["throughput_s"] = round(time.monotonic() - t0, 2)
     info = {"engine": kind, "engine_args": engine.args, "dtype": dtype, "commands": commands, "timings": timings}
+    if kind == "hf":
+        info["activation_quantized_modules"] = engine.activation_quant_modules
     del engine
     return {"values": values, "probes": probes, "logprobs": logprobs, "speed": speed, "results": results,
             "info": info, "windows": {d: len(w) for d, w in windows.items()}}
@@ -218,6 +220,8 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
         metrics["eval.dtype"] = dtype
         if fallback_reason:
             metrics["eval.fallback"] = fallback_reason
+            # W8A8 formats: transformers quantizes activations as vLLM would (simulated); 0 for weight-only
+            metrics["eval.activation_quantized_modules"] = run["info"]["activation_quantized_modules"]
             for k, v in sorted(baseline_run["values"].items()):
                 metrics[f"baseline.quality.{k}"] = round(v, 6) if math.isfinite(v) else None
         for row in speed:

@@ -88,6 +88,9 @@ def _run(job: QuantJob) -> None:
         progress.close()
     model.save(str(job.out_dir))
     _scrub_local_paths(Path(job.out_dir))
+    # gptqmodel also saves quant_log.csv, its per-module losses with wall times: the times differ on every
+    # run, so the checkpoint would too. The losses are kept in quantize.json (module_loss, below).
+    (Path(job.out_dir) / "quant_log.csv").unlink(missing_ok=True)
     job.extras["module_loss"] = [
         {"module": f"model.layers.{row['layer']}.{row['module']}", "loss": float(row["loss"]),
          "samples": int(row.get("samples") or 0)}
