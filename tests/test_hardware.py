@@ -96,3 +96,14 @@ def test_fp8_falls_back_exactly_where_this_cpus_fp8_gemm_is_the_reference_kernel
     reason = missing_kernel(_model(tmp_path, FP8), "bfloat16")
     assert (reason is not None) == (gflops < FP8_MIN_GFLOPS), (gflops, reason)
     assert reason is None or "reference kernel" in reason
+
+
+def test_check_warns_up_front_where_fp8_will_fall_back():
+    from quantbuild._checks import kernel_warnings
+    from quantbuild.config import load_params
+
+    from .conftest import REPO_ROOT
+
+    warnings = [w for w in kernel_warnings(load_params(REPO_ROOT / "params.yaml")) if w.startswith("evaluate@fp8-dynamic")]
+    slow = (fp8_gemm_gflops() or FP8_MIN_GFLOPS) < FP8_MIN_GFLOPS
+    assert bool(warnings) == slow and all("reference kernel" in w and "transformers" in w for w in warnings)

@@ -91,7 +91,7 @@ def unknown_tasks(params: Params, heldout: Path = Path("build/calibration/heldou
 def kernel_warnings(params: Params) -> list[str]:
     from ._hardware import compute_dtype, cuda_available
     from ._methods import DEFAULTS
-    from .evaluate._kernels import vllm_cpu_library
+    from .evaluate._kernels import FP8_MIN_GFLOPS, fp8_gemm_gflops, vllm_cpu_library
 
     if params.eval.engine != "vllm" or cuda_available():
         return []
@@ -101,6 +101,11 @@ def kernel_warnings(params: Params) -> list[str]:
     for name, v in params.variants.items():
         bits = v.bits or DEFAULTS[v.method].get("bits")
         four_bit = v.method == "auto" or (v.method in ("gptq", "awq") and bits == 4)
+        if v.method == "fp8" and (fp8_gemm_gflops() or FP8_MIN_GFLOPS) < FP8_MIN_GFLOPS:
+            action = "it and the base are measured with transformers" if params.eval.fallback == "hf" else "the stage refuses it"
+            out.append(f"evaluate@{name}: this CPU's FP8 GEMM is oneDNN's reference kernel ({fp8_gemm_gflops():.2f} "
+                       f"GFLOP/s), too slow for vLLM: {action} (eval.fallback: {params.eval.fallback})")
+            continue
         if not four_bit:
             if v.method in ("gptq",) and bits == 8:
                 out.append(f"evaluate@{name}: vLLM has no CPU kernel for 8-bit weight-only; it is measured with "
