@@ -113,6 +113,8 @@ def kernel_warnings(params: Params) -> list[str]:
             continue
         if library == "_C_AVX2":
             why = f"vLLM loads its AVX2 kernels here ({library}), which have no W4A16 kernel"
+        elif v.method in ("gptq", "awq") and (v.group_size or DEFAULTS[v.method].get("group_size")) == -1:
+            why = "vLLM's CPU W4A16 kernel cannot repack channel-wise weights (group_size -1)"
         elif dtype not in ("bfloat16", "float16"):
             why = f"evaluation computes in {dtype} here (no native bf16) and vLLM's CPU W4A16 kernel takes bf16/fp16 only"
         else:

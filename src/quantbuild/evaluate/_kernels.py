@@ -47,6 +47,19 @@ def formats_of(model_dir: Path) -> set[str]:
     return needs
 
 
+def channelwise_w4(model_dir: Path) -> bool:
+    """A 4-bit weight-only checkpoint with one scale per output channel (group_size -1) anywhere in it."""
+    q = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config") or {}
+    if q.get("quant_method") in ("gptq", "awq"):
+        return q.get("bits") == 4 and q.get("group_size") in (-1, None)
+    for group in (q.get("config_groups") or {}).values():
+        weights = group.get("weights") or {}
+        if weights.get("num_bits") == 4 and not group.get("input_activations") and \
+                (weights.get("strategy") == "channel" or weights.get("group_size") == -1):
+            return True
+    return False
+
+
 def vllm_cpu_library() -> str:
     """The kernel library vLLM's CPU platform loads here (the same test vLLM's platforms/cpu.py makes)."""
     isa = cpu_info()["isa"]
@@ -110,6 +123,11 @@ def missing_kernel(model_dir: Path, dtype: str, *, on_gpu: bool = False, probe: 
         if dtype not in ("bfloat16", "float16"):
             return (f"vLLM's CPU W4A16 kernel (cpu_gemm_wna16) takes bf16/fp16 activations only, and evaluation "
                     f"computes in {dtype} on this CPU (no native bf16)")
+        if channelwise_w4(model_dir):
+            # vLLM 0.32 CPUWNA16LinearKernel: convert_weight_packed_scale_zp fails with "shape '[30, 32, 4,
+            # 128]' is invalid" when it repacks per-channel weights of the demo model at load.
+            return ("vLLM's CPU W4A16 kernel cannot repack channel-wise weights (group_size -1) at load; use a "
+                    "group size (e.g. 64) to evaluate in vLLM")
     odd = sorted(n for n in needs if n.startswith("w") and n.endswith("a16") and n != "wna16")
     if odd:
         return f"vLLM has no CPU kernel for {odd[0].upper()} (weight-only below 16 bits other than 4)"
