@@ -286,16 +286,13 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 
 
-# Found by this test and not fixable here: autoawq 0.2.9 (deprecated upstream) gives different weights
-# from the same inputs. (gptqmodel's quant_log.csv, with wall times, is no longer saved into the folder.)
-KNOWN_NONDETERMINISTIC = {
-    "awq-legacy": "autoawq 0.2.9's weights differ between two runs on the same inputs (CPU)",
-}
+# Found by this test and not fixable here: autoawq 0.2.9 (deprecated upstream) gives different weights from
+# the same inputs in some runs and identical ones in others, so for it only the weights may differ: every
+# other file must still be identical. (gptqmodel's timed quant_log.csv is no longer saved into the folder.)
+WEIGHTS_MAY_DIFFER = {"awq-legacy"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_NONDETERMINISTIC[n], strict=True))
-                                  if n in KNOWN_NONDETERMINISTIC else n
-                                  for n in ["gptq-w4g64", "gptq-llmc", "awq-legacy", "fp8-dynamic", "levers", "mixed"]])
+@pytest.mark.parametrize("name", ["gptq-w4g64", "gptq-llmc", "awq-legacy", "fp8-dynamic", "levers", "mixed"])
 def test_same_inputs_give_the_same_bytes(name, tiny_variants, tiny_llama_dir, tiny_calibration, tmp_path):
     """Quantized again from the same inputs, every file of the variant folder is byte-identical (weights,
     configs, recipe), for every CPU backend; and no local path of the builder is written into it."""
@@ -303,10 +300,12 @@ def test_same_inputs_give_the_same_bytes(name, tiny_variants, tiny_llama_dir, ti
     again = tmp_path / name
     quantize_variant(params, name, tiny_llama_dir, tiny_calibration / "calibration.jsonl", again / "model",
                      again / "quantize.json")
+    skip = (lambda p: name in WEIGHTS_MAY_DIFFER and p.suffix == ".safetensors")
     first = {p.relative_to(tiny_variants[name] / "model"): sha256_file(p)
-             for p in sorted((tiny_variants[name] / "model").rglob("*")) if p.is_file()}
-    second = {p.relative_to(again / "model"): sha256_file(p) for p in sorted((again / "model").rglob("*")) if p.is_file()}
-    assert first == second
+             for p in sorted((tiny_variants[name] / "model").rglob("*")) if p.is_file() and not skip(p)}
+    second = {p.relative_to(again / "model"): sha256_file(p) for p in sorted((again / "model").rglob("*"))
+              if p.is_file() and not skip(p)}
+    assert first == second and len(first) >= 3
     for path in (again / "model").glob("*.json"):
         text = path.read_text()
         assert "/tmp" not in text and str(Path.home()) not in text, path.name
