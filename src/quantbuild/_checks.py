@@ -97,13 +97,14 @@ def kernel_warnings(params: Params) -> list[str]:
         return []
     dtype = compute_dtype("bfloat16" if params.eval.dtype == "auto" else params.eval.dtype)[0]
     library = vllm_cpu_library()
+    action = "it and the base are measured with transformers" if params.eval.fallback == "hf" else "the stage refuses it"
     out = []
     for name, v in params.variants.items():
         bits = v.bits or DEFAULTS[v.method].get("bits")
         four_bit = v.method == "auto" or (v.method in ("gptq", "awq") and bits == 4)
-        if v.method == "fp8" and (fp8_gemm_gflops() or FP8_MIN_GFLOPS) < FP8_MIN_GFLOPS:
-            action = "it and the base are measured with transformers" if params.eval.fallback == "hf" else "the stage refuses it"
-            out.append(f"evaluate@{name}: this CPU's FP8 GEMM is oneDNN's reference kernel ({fp8_gemm_gflops():.2f} "
+        gflops = fp8_gemm_gflops() if v.method == "fp8" else None
+        if gflops is not None and gflops < FP8_MIN_GFLOPS:
+            out.append(f"evaluate@{name}: this CPU's FP8 GEMM is oneDNN's reference kernel ({gflops:.2f} "
                        f"GFLOP/s), too slow for vLLM: {action} (eval.fallback: {params.eval.fallback})")
             continue
         if not four_bit:
@@ -119,7 +120,6 @@ def kernel_warnings(params: Params) -> list[str]:
             why = f"evaluation computes in {dtype} here (no native bf16) and vLLM's CPU W4A16 kernel takes bf16/fp16 only"
         else:
             continue
-        action = "it and the base are measured with transformers" if params.eval.fallback == "hf" else "the stage refuses it"
         out.append(f"evaluate@{name}: {why}: {action} (eval.fallback: {params.eval.fallback})")
     return out
 

@@ -106,16 +106,9 @@ class HubHandler(WriteRoutes, BaseHTTPRequestHandler):
             code = HTTPStatus.BAD_REQUEST
         if getattr(self, "request_version", None) == "HTTP/0.9":
             self.request_version = "HTTP/1.0"  # else http.server would send the body without a status line
-        self.close_connection = True
-        body = json.dumps({"error": message or HTTPStatus(code).phrase}).encode()
+        self.close_connection = True  # _send then says Connection: close
         try:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            self._json({"error": message or HTTPStatus(code).phrase}, code)
         except OSError:
             pass
 

@@ -28,9 +28,7 @@ class WriteRoutes:
         rtype = _field(body, "type", str, "model")
         if rtype not in REPO_TYPES:
             raise HTTPError(400, f"invalid repo type {rtype!r}")
-        org, name = _field(body, "organization", str, None) or user.user, _field(body, "name", str, "")
-        if "/" in name:
-            org, name = name.split("/", 1)
+        org, name = _repo_name(body, user.user)
         if not valid_repo_name(org, name):
             raise HTTPError(400, f"invalid repo id {org}/{name!r}: letters, digits, '-', '_', '.'; no '..'")
         if not user.can_write(org):
@@ -53,9 +51,7 @@ class WriteRoutes:
         user = self._writer()
         body = self._json_body()
         rtype = _field(body, "type", str, "model")
-        org, name = _field(body, "organization", str, None) or user.user, _field(body, "name", str, "")
-        if "/" in name:
-            org, name = name.split("/", 1)
+        org, name = _repo_name(body, user.user)
         if rtype not in REPO_TYPES or not valid_repo_name(org, name):
             raise HTTPError(400, f"invalid repo {rtype} {org}/{name!r}")
         self._repo(REPO_TYPES[rtype], org, name, write=True)
@@ -279,6 +275,12 @@ def _field(body: dict, key: str, kind: type, default: Any) -> Any:
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise HTTPError(400, f"{key} must be a {kind.__name__}")
     return value
+
+
+def _repo_name(body: dict, user: str) -> tuple[str, str]:
+    """(namespace, name) of a create/delete body: `name` may be "org/name"; else `organization`, else the user."""
+    org, name = _field(body, "organization", str, None) or user, _field(body, "name", str, "")
+    return tuple(name.split("/", 1)) if "/" in name else (org, name)
 
 
 def _size(body: dict, key: str, default: int | None) -> int:
