@@ -151,6 +151,10 @@ def test_vllm_and_hf_agree_on_token_perplexity(demo, tmp_path):
     hf = json.loads([l for l in run.stdout.splitlines() if l.startswith("HF-JSON")][0][len("HF-JSON "):])
     vllm = metrics(project, "base")
     assert hf["eval.dtype"] == vllm["eval.dtype"]
-    for d in DOMAINS:  # the engines agree far inside the gate's margins
+    # The engines agree far inside the gate's margins (the tightest, FP8's, is 1 %). In float32 within 0.2 %.
+    # In bf16 their kernels round differently: measured 0.04-0.21 % on an AVX512-BF16/AMX Xeon (0.21 % on
+    # pydoc in one run of four), so the bf16 bound is bf16's unit roundoff, 2**-8 (0.39 %).
+    rel = 2 ** -8 if vllm["eval.dtype"] == "bfloat16" else 2e-3
+    for d in DOMAINS:
         key = f"quality.ppl.{d}.token_perplexity"
-        assert hf[key] == pytest.approx(vllm[key], rel=2e-3), (key, hf[key], vllm[key])
+        assert hf[key] == pytest.approx(vllm[key], rel=rel), (key, hf[key], vllm[key])
