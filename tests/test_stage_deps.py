@@ -14,8 +14,8 @@ import yaml
 from ._imports import REPO_ROOT, closure
 
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
-ENV_FILES = {"quantize": {"envs/quantize.txt", "envs/quantize-nodeps.txt"},
-             "evaluate": {"envs/evaluate-cpu.txt", "envs/evaluate-cuda.txt"}}
+ENV_FILES = {"quantize": {"envs/locks/quantize-cpu.txt", "envs/locks/quantize-cuda.txt"},
+             "evaluate": {"envs/locks/evaluate-cpu.txt", "envs/locks/evaluate-cuda.txt"}}
 
 
 def _stages():

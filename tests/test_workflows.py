@@ -67,7 +67,7 @@ def test_release_workflow_races_never_and_takes_a_runner_label():
     assert triggers["push"]["tags"] == ["v*.*.*"] and "version" in triggers["workflow_dispatch"]["inputs"]
     job = release["jobs"]["release"]
     assert "inputs.runner" in job["runs-on"] and "vars.QUANTBUILD_RUNNER" in job["runs-on"]
-    assert "QUANTBUILD_EVAL_FLAVOR" in job["env"]
+    assert "QUANTBUILD_FLAVOR" in job["env"]
     step = next(s for s in job["steps"] if s.get("name") == "Release")
     assert step["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and step["run"] == '.ci/release "$VERSION"'
     assert not any(s.get("with", {}).get("cache") for s in job["steps"])  # no cache a PR could poison
