@@ -157,17 +157,27 @@ def select_command(params_path: str) -> None:
 
 
 @main.command("report")
-@click.option("--base", "base_rev", required=True, help="Git revision to compare with (e.g. origin/main).")
-@click.option("--out", default="pr-report/report.md", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--base", "base_rev", default=None, help="Git revision to compare with (e.g. origin/main): Markdown report.")
+@click.option("--out", default="pr-report/report.md", show_default=True, type=click.Path(dir_okay=False),
+              help="Where the Markdown report goes (with --base).")
 @click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
-              help="Also render `dvc plots diff` to this folder.")
-def report_command(base_rev: str, out: str, plots_dir: str | None) -> None:
-    """Markdown report of the pipeline's results against BASE (gate, metrics diff, params diff)."""
+              help="Also render `dvc plots diff` to this folder (with --base).")
+@click.option("--html", "html_out", default=None, type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML release report (gate, size vs quality, speed, sensitivity) here.")
+def report_command(base_rev: str | None, out: str, plots_dir: str | None, html_out: str | None) -> None:
+    """Report of the pipeline's results: Markdown against BASE (--base) and/or one HTML page (--html)."""
     from pathlib import Path
 
-    from ._report import write_report
+    if base_rev is None and html_out is None:
+        raise click.UsageError("give --base REV (Markdown report against a revision), --html FILE, or both")
+    if html_out is not None:
+        from ._report_html import write_html_report
 
-    write_report(base_rev, Path(out), Path(plots_dir) if plots_dir else None)
+        click.echo(f"[report] wrote {write_html_report(Path(html_out))}")
+    if base_rev is not None:
+        from ._report import write_report
+
+        write_report(base_rev, Path(out), Path(plots_dir) if plots_dir else None)
 
 
 @main.command()
