@@ -68,8 +68,11 @@ def main() -> None:
     params = (root / "params.yaml").read_text()
     params = re.sub(r"\nvariants:\n(  .*\n|\s*#.*\n|\n)*", f"\nvariants:\n  {variant}\n\n", params)
     (work / "params.yaml").write_text(params)
+    # the variant's own inputs (its calibration slice), as the inputs stage writes them, made once
+    subprocess.run([sys.executable, "-c", f"from quantbuild import api; api.inputs('{work}/params.yaml', "
+                    f"out_dir='{work}/inputs')"], cwd=root, check=True)
     stage = [sys.executable, "-c", "from quantbuild import api; import sys; "
-             f"api.quantize('bench', '{work}/params.yaml', out_dir=sys.argv[1])"]
+             f"api.quantize('bench', '{work}/params.yaml', inputs_dir='{work}/inputs/bench', out_dir=sys.argv[1])"]
     plain = [sys.executable, "-c", PLAIN, args.method, str(args.samples)]
     ours, theirs = [], []
     try:

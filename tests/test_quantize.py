@@ -232,11 +232,16 @@ def test_unsupported_architecture_and_missing_backend(tiny_llama_dir, tiny_calib
 
 
 def test_unknown_variant_and_missing_inputs(tiny_llama_dir, tmp_path):
-    params = params_for(tiny_llama_dir, {"v": {"method": "fp8"}})
-    with pytest.raises(ConfigError, match=r"variants.w: no such variant in params.yaml \(variants: v\)"):
+    params = params_for(tiny_llama_dir, {"v": {"method": "gptq", "backend": "llmcompressor", "group_size": 64},
+                                         "f": {"method": "fp8"}})
+    with pytest.raises(ConfigError, match=r"variants.w: no such variant in params.yaml \(variants: v, f\)"):
         quantize_variant(params, "w", tiny_llama_dir, tmp_path / "c.jsonl", tmp_path / "m", tmp_path / "q.json")
-    with pytest.raises(EnvironmentSetupError, match=r"c.jsonl is missing \(run dvc repro calibrate first\)"):
+    with pytest.raises(EnvironmentSetupError, match=r"c.jsonl is missing \(run dvc repro inputs first\)"):
         quantize_variant(params, "v", tiny_llama_dir, tmp_path / "c.jsonl", tmp_path / "m", tmp_path / "q.json")
+    assert not (tmp_path / "m").exists()
+    # a data-free variant reads no calibration file at all: there is none, and it quantizes
+    record = quantize_variant(params, "f", tiny_llama_dir, tmp_path / "c.jsonl", tmp_path / "m", tmp_path / "q.json")
+    assert record["calibration"] == "no calibration (data-free method)" and (tmp_path / "m" / "config.json").is_file()
 
 
 def test_kill_9_mid_run_then_repro_completes(project, tiny_llama_dir):

@@ -37,3 +37,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 LEVERS = ("observer", "transforms", "smoothing_strength", "smooth_down_proj", "formats", "max_bits_per_weight",
           "candidates", "max_predicted_kl")
+
+
+def resolve_settings(variant: Any) -> dict[str, Any]:
+    """The method's defaults with the variant's own values on top (what the record and card show)."""
+    settings = dict(DEFAULTS[variant.method])
+    for key in ("bits", "group_size", "sym", "desc_act", "damp_percent", "batch_size", "scheme", "kv_cache_dtype",
+                *LEVERS):
+        value = getattr(variant, key)
+        if value is not None and value != {} and not (key == "smooth_down_proj" and not value):
+            settings[key] = value
+    settings["backend"] = variant.resolved_backend
+    return settings
+
+
+def needs_calibration(method: str, settings: dict[str, Any]) -> bool:
+    """FP8 dynamic (weights per channel, activations per token at run time, no FP8 KV cache) needs no data."""
+    return not (method == "fp8" and settings.get("scheme") == "dynamic" and settings.get("kv_cache_dtype") != "fp8")
+
+
+def needs_sensitivity(method: str) -> bool:
+    """Only method auto reads the sensitivity record (its per-module formats come from it)."""
+    return method == "auto"

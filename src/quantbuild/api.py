@@ -13,7 +13,7 @@ from typing import Any
 from .config import Params, load_params
 from .stages._common import BASE_MODEL_DIR, DEFAULT_PARAMS, checked_params
 
-_STAGES = ("fetch", "calibrate", "sensitivity", "quantize", "evaluate", "gate", "select", "card", "publish")
+_STAGES = ("fetch", "calibrate", "sensitivity", "inputs", "quantize", "evaluate", "gate", "select", "card", "publish")
 
 
 def check(params_path: str | Path = DEFAULT_PARAMS, model_dir: str | Path | None = BASE_MODEL_DIR) -> Params:

@@ -17,19 +17,7 @@ from ..errors import ConfigError
 
 STAGE = "quantize"
 
-from .._methods import DEFAULTS, LEVERS  # noqa: E402  (the method table, declared once)
-
-
-def resolve_settings(variant: VariantConfig) -> dict[str, Any]:
-    """The method's defaults with the variant's own values on top (what the record and card show)."""
-    settings = dict(DEFAULTS[variant.method])
-    for key in ("bits", "group_size", "sym", "desc_act", "damp_percent", "batch_size", "scheme", "kv_cache_dtype",
-                *LEVERS):
-        value = getattr(variant, key)
-        if value is not None and value != {} and not (key == "smooth_down_proj" and not value):
-            settings[key] = value
-    settings["backend"] = variant.resolved_backend
-    return settings
+from .._methods import DEFAULTS, LEVERS, resolve_settings  # noqa: E402,F401  (the method table, declared once)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from .. import __version__
 from .._io import atomic_outputs, folder_size, sha256_file, write_json
 from .._hardware import compute_dtype, hardware_record
 from .._progress import fmt_seconds, log
+from .._methods import needs_calibration
 from ..config import Params
 from ..errors import ConfigError, EnvironmentSetupError
 from . import load_backend
@@ -50,10 +51,6 @@ def _architecture_problem(backend: str, model_type: str) -> str | None:
     return None if model_type in known else f"{backend} does not support architecture {model_type!r}"
 
 
-def _uses_calibration(variant, settings: dict[str, Any]) -> bool:
-    """FP8 dynamic (weights per channel, activations per token at run time) needs no data."""
-    return not (variant.method == "fp8" and settings.get("scheme") == "dynamic"
-                and settings.get("kv_cache_dtype") != "fp8")
 
 
 def _peak_rss_mb() -> float:
@@ -72,10 +69,14 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
         raise ConfigError([f"variants.{name}: no such variant in params.yaml (variants: {', '.join(params.variants)})"])
     variant = params.variants[name]
     where = f"variants.{name}"
-    for path, hint in ((base_dir / "config.json", "dvc repro fetch"), (calib_path, "dvc repro calibrate")):
+    settings = resolve_settings(variant)
+    uses_calibration = needs_calibration(variant.method, settings)
+    required = [(base_dir / "config.json", "dvc repro fetch")]
+    if uses_calibration:
+        required.append((calib_path, "dvc repro inputs"))
+    for path, hint in required:
         if not path.is_file():
             raise EnvironmentSetupError(f"quantize@{name}: {path} is missing (run {hint} first)")
-    settings = resolve_settings(variant)
     backend = settings["backend"]
     run, spec = load_backend(variant.method, backend, where)
     if spec.deprecated and backend not in _warned:
@@ -103,7 +104,7 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
         compute, why = stored, f"{backend} computes in the checkpoint's dtype"
     extras.update(compute_dtype=compute, stored_dtype=stored)
     log(STAGE, f"{name}: computing in {compute} ({why}); weights saved as {stored}")
-    samples = [] if not _uses_calibration(variant, settings) else load_samples(calib_path, variant.n_samples)
+    samples = load_samples(calib_path, variant.n_samples) if uses_calibration else []
     seed = params.calibration.seed
     start = time.monotonic()
     with atomic_outputs(out_model, out_record, field=f"quantize@{name} output") as (staging, record_tmp):
