@@ -1,7 +1,8 @@
-"""After a full run of the demo: no-op `dvc repro` vs `dvc status` (same run, same targets), and fetch
-through quantbuild vs a bare snapshot_download of the same files from the local Hub server.
+"""After a full run of the demo: no-op `dvc repro` (and `dvc repro --all-pipelines`) vs `dvc status` on the
+whole pipeline (same run, interleaved), and fetch through quantbuild vs a bare snapshot_download of the
+same files from the local Hub server.
 
-    python benchmarks/repro_overhead.py [--repeat 3]
+    python benchmarks/repro_overhead.py [--repeat 5] [--target STAGE] [--skip-fetch]
 
 Run from the project root with the quantize environment's bin first on PATH.
 """
@@ -24,22 +25,42 @@ def timed(cmd: list[str]) -> float:
     return time.monotonic() - start
 
 
+def cpu_line() -> str:
+    model, flags = "unknown CPU", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and model == "unknown CPU":
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, bf16 flags: {', '.join(bf16) or 'none'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--target", default="evaluate", help="what the demo reproduced (default: evaluate)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--target", default=None, help="a stage to limit all three commands to (default: the whole pipeline)")
+    parser.add_argument("--skip-fetch", action="store_true", help="only the dvc part")
     args = parser.parse_args()
-    status = subprocess.run(["dvc", "status", args.target], capture_output=True, text=True)
-    if "changed" in status.stdout or "modified" in status.stdout:
+    target = [args.target] if args.target else []
+    status = subprocess.run(["dvc", "status", *target], capture_output=True, text=True)
+    if "changed" in status.stdout or "modified" in status.stdout or "deleted" in status.stdout:
         raise SystemExit("error: the pipeline is not up to date; run `make demo` first:\n" + status.stdout[-1500:])
-    repro, stat = [], []
-    for _ in range(args.repeat):  # interleaved, so load on the machine affects both alike
-        repro.append(timed(["dvc", "repro", args.target]))
-        stat.append(timed(["dvc", "status", args.target]))
-    r, s = statistics.median(repro), statistics.median(stat)
-    print(f"no-op dvc repro {args.target}: median {r:.2f} s over {args.repeat} ({', '.join(f'{x:.2f}' for x in repro)})")
-    print(f"dvc status {args.target}:      median {s:.2f} s over {args.repeat} ({', '.join(f'{x:.2f}' for x in stat)})")
-    print(f"ratio repro/status: {r / s:.2f} (goal <= 1.1)")
+    print(f"CPU: {cpu_line()}")
+    commands = {"dvc status": ["dvc", "status", *target], "dvc repro (no-op)": ["dvc", "repro", *target],
+                "dvc repro -P (no-op)": ["dvc", "repro", "--all-pipelines"] if not target else None}
+    times: dict[str, list[float]] = {name: [] for name, cmd in commands.items() if cmd}
+    for _ in range(args.repeat):  # interleaved, so load on the machine affects all alike
+        for name in times:
+            times[name].append(timed(commands[name]))
+    base = statistics.median(times["dvc status"])
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:22s} median {med:.2f} s over {args.repeat} ({', '.join(f'{x:.2f}' for x in values)}); "
+              f"ratio to dvc status {med / base:.2f} (goal <= 1.1)")
+    if args.skip_fetch:
+        return
 
     work = Path(tempfile.mkdtemp(prefix="qb-bench-fetch-"))
     try:

@@ -338,3 +338,43 @@ def test_transformers_fallback_quantizes_activations_as_vllm_does(name, expected
                 module.quantization_enabled = False
         plain = model(ids).logits
     assert torch.equal(plain, quantized) == (expected == 0)
+
+
+def test_module_losses_come_from_the_modifier_also_when_gptq_batches(tiny_llama_dir, tiny_calibration):
+    """On CUDA llm-compressor solves same-shaped modules together and logs one "Quantizing 2 module(s)" line
+    for them; `batched_quantization` forces that here. Every module gets its own loss, once."""
+    import math
+
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from loguru import logger
+    from transformers import AutoModelForCausalLM
+
+    from quantbuild.quantize._common import load_samples
+    from quantbuild.quantize._llmcompressor import ModuleLosses, _allow_cpu_only
+
+    _allow_cpu_only()
+    samples = load_samples(tiny_calibration / "calibration.jsonl", 4)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    linear = sorted(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n)
+    data = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
+    batches: list[int] = []
+    sink = logger.add(lambda m: batches.append(int(m.split("Quantizing ")[1].split()[0]))
+                      if "Quantizing " in m else None, level="INFO", format="{message}")
+    try:
+        with ModuleLosses(model) as losses:
+            oneshot(model=model, recipe=[GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"],
+                                                      batched_quantization=4)],
+                    dataset=data, num_calibration_samples=len(samples), max_seq_length=max(map(len, samples)),
+                    shuffle_calibration_samples=False)
+    finally:
+        logger.remove(sink)
+    assert max(batches) > 1, batches  # the batched path really ran
+    names = [row["module"] for row in losses.rows]
+    assert sorted(names) == linear, names  # each module once: o_proj, v_proj and up_proj included
+    assert all(math.isfinite(row["loss"]) and row["loss"] >= 0 for row in losses.rows)
+    from llmcompressor.modifiers.gptq import base
+
+    assert base.CompressionLogger.__name__ == "CompressionLogger"  # the library is left as it was

@@ -24,8 +24,8 @@ def _allow_cpu_only() -> None:
 
 def _quiet_logs() -> None:
     """In a CI log (stderr not a terminal), llmcompressor's per-module INFO lines (three per module) give
-    way to our one line per layer; warnings still show. The per-module losses are collected by a separate
-    sink (_LossLog) either way."""
+    way to our one line per layer; warnings still show. The per-module losses are taken from the modifier
+    (ModuleLosses) either way."""
     import sys
 
     if sys.stderr.isatty():
@@ -171,33 +171,32 @@ def needs_calibration(job: QuantJob) -> bool:
     return bool(job.samples)  # the stage loads none for data-free methods (FP8 dynamic)
 
 
-class _LossLog:
-    """Collects the per-module quantization error llmcompressor's GPTQ logs through loguru."""
+class ModuleLosses:
+    """The per-module GPTQ loss as the modifier hands it to its CompressionLogger, keyed by the module's name
+    in the model. On CUDA llm-compressor solves same-shaped modules in one batch and logs one "Quantizing N
+    module(s)" line for them, so log text cannot say which loss is whose; the logger object holds the module."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: Any) -> None:
+        self.names = {id(module): name for name, module in model.named_modules()}
         self.rows: list[dict[str, Any]] = []
-        self.current: str | None = None
-        self.handle = None
 
-    def __enter__(self) -> "_LossLog":
-        from loguru import logger
+    def __enter__(self) -> "ModuleLosses":
+        from llmcompressor.modifiers.gptq import base
 
-        self.handle = logger.add(self._sink, level="DEBUG", format="{level} {message}")
+        self._gptq, self._original = base, base.CompressionLogger
+        names, rows = self.names, self.rows
+
+        class RecordingLogger(self._original):  # the modifier builds one per module it solves
+            def set_results(self, name: str | None = None, loss: float | None = None) -> None:
+                super().set_results(name=name, loss=loss)
+                if loss is not None:
+                    rows.append({"module": names.get(id(self.module), "?"), "loss": float(loss)})
+
+        base.CompressionLogger = RecordingLogger
         return self
 
-    def _sink(self, message) -> None:
-        text = str(message).strip()
-        quantizing = re.search(r"Quantizing \d+ module\(s\): \['([^']+)'", text)
-        if quantizing:
-            self.current = quantizing.group(1)
-        error = re.search(r"error ([0-9.eE+-]+)", text)
-        if error and "METRIC" in text:
-            self.rows.append({"module": self.current, "loss": float(error.group(1))})
-
     def __exit__(self, *exc: Any) -> None:
-        from loguru import logger
-
-        logger.remove(self.handle)
+        self._gptq.CompressionLogger = self._original
 
 
 def run(job: QuantJob) -> None:
@@ -233,7 +232,7 @@ def run(job: QuantJob) -> None:
     log(STAGE, f"{job.name}: llmcompressor {job.variant.method} on {what}")
     progress = LayerProgress(decoder_layers(model), job.name)
     try:
-        with _LossLog() as losses:
+        with ModuleLosses(model) as losses:
             oneshot(model=model, recipe=recipe, **kwargs)
     finally:
         progress.close()
@@ -245,5 +244,5 @@ def run(job: QuantJob) -> None:
         model.config.dtype = getattr(torch, stored)
     model.save_pretrained(job.out_dir, save_compressed=True)
     tokenizer.save_pretrained(job.out_dir)
-    job.extras["module_loss"] = [r for r in losses.rows if r["module"]] or None
+    job.extras["module_loss"] = losses.rows or None
     job.extras["recipe_file"] = "recipe.yaml"
