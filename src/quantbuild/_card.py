@@ -228,8 +228,10 @@ def _memory(base_config: dict, record: dict, fetch: dict) -> dict[str, Any]:
     b, v = by["bf16"], by[precision]
     out["plan"] = {"base_weights": f"{b.weights_gb:.2f} GB", "weights": f"{v.weights_gb:.2f} GB",
                    "ratio": f"{v.weights_gb / b.weights_gb:.2f}×" if b.weights_gb else "n/a", "gpu_gb": 80,
-                   "context": context, "batch": 1, "base_gpus": b.gpus, "gpus": v.gpus,
-                   "note": f"{precision} weights with bf16 embeddings, bf16 KV cache, GPUs used to 90%"}
+                   "context": context, "batch": 1, "base_gpus": b.gpus or "more than 64", "gpus": v.gpus or "more than 64",
+                   "note": f"{precision} weights with bf16 embeddings, bf16 KV cache, vLLM's activations, CUDA "
+                           "context and graphs per GPU, GPUs used to 90%, a tensor-parallel size that divides "
+                           "the attention heads"}
     return out
 
 
