@@ -7,8 +7,9 @@ Works on a copy of this checkout's tracked and untracked files (not .venvs/) in 
    package index, torch's CPU wheel from pip's find-links where the machine has one);
 2. no-op: the same command again;
 3. one lock changed (a comment appended to envs/locks/evaluate-cpu.txt): only that environment syncs.
-Prints each wall time beside the CPU model and its bf16 flags. Goals (issue "first run"): cold <= 120 s,
-no-op <= 2 s.
+With --baseline REV, REV's own envs/setup (e.g. the pip-based one before the locks) also runs cold on a
+copy of REV, in the same run, for a ratio. Prints each wall time beside the CPU model and its bf16 flags.
+Goals (issue "first run"): cold <= 120 s, no-op <= 2 s.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def timed_setup(project: Path, env: dict[str, str]) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary project (prints its path)")
+    parser.add_argument("--baseline", help="also time this git revision's envs/setup, cold")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qb-bench-setup-"))
     project = work / "project"
@@ -81,6 +83,16 @@ def main() -> None:
         synced = [line for line in out.splitlines() if "syncing" in line]
         print(f"one lock changed (evaluate-cpu): {changed:.1f} s; re-synced: "
               f"{', '.join(line.split()[1].rstrip(':') for line in synced) or 'nothing'}")
+        if args.baseline:
+            base = work / "baseline"
+            base.mkdir()
+            archive = subprocess.run(["git", "archive", args.baseline], cwd=REPO, check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+            base_env = {**env, "UV_CACHE_DIR": str(work / "uv-cache-b"), "QUANTBUILD_TEXT_DIR": str(work / "text-b"),
+                        "PIP_CACHE_DIR": str(work / "pip-cache-b")}
+            then, _ = timed_setup(base, base_env)
+            print(f"baseline {args.baseline} cold (its own setup, empty caches): {then:.1f} s; "
+                  f"ratio locked/baseline {cold / then:.2f}")
         if args.keep:
             print(f"kept: {project}")
     finally:

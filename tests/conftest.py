@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,29 @@ def run_vllm_probe(models: list[Path], heldout: Path, tokenizer_dir: Path, tmp_p
     line = [l for l in result.stdout.splitlines() if l.startswith("PROBE-JSON ")]
     assert result.returncode == 0 and line, result.stderr[-4000:]
     return json.loads(line[0][len("PROBE-JSON "):])
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """An S3 server (moto) with the bucket quantbuild-test: a real DVC S3 remote offline."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    url = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="quantbuild-test")
+    yield url
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

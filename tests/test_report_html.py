@@ -143,3 +143,17 @@ def test_the_browser_check_catches_a_broken_page(tmp_path):
         assert any("Content Security Policy" in e or "example.invalid" in e for e in errors), errors
     finally:
         browser.close()
+
+
+def test_sensitivity_without_measured_layer_kl_still_renders(records, tmp_path):
+    """sensitivity.layer_kl: false leaves the per-layer rows without a KL: the page says less, not fails."""
+    import shutil
+
+    root = tmp_path / "nokl"
+    shutil.copytree(records / "build", root / "build")
+    layers = root / "build/sensitivity/plots/layers.json"
+    layers.write_text(json.dumps([{"layer": r["layer"], "proxy": r["proxy"]} for r in json.loads(layers.read_text())]))
+    run = run_cli("report", "--html", "r.html", cwd=root)
+    assert run.returncode == 0, run.stderr
+    html = (root / "r.html").read_text()
+    assert 'id="chart-sensitivity"' in html and 'id="layer-table"' not in html

@@ -65,9 +65,44 @@ def test_release_workflow_races_never_and_takes_a_runner_label():
     assert release["concurrency"] == {"group": "release", "cancel-in-progress": False}
     triggers = release[True]  # YAML 1.1 reads the key `on` as true
     assert triggers["push"]["tags"] == ["v*.*.*"] and "version" in triggers["workflow_dispatch"]["inputs"]
-    job = release["jobs"]["release"]
-    assert "inputs.runner" in job["runs-on"] and "vars.QUANTBUILD_RUNNER" in job["runs-on"]
-    assert "QUANTBUILD_FLAVOR" in job["env"]
+    for name in ("prepare", "variant"):  # the jobs that compute run where the label says (a GPU runner)
+        job = release["jobs"][name]
+        assert "inputs.runner" in job["runs-on"] and "vars.QUANTBUILD_RUNNER" in job["runs-on"]
+        assert "QUANTBUILD_FLAVOR" in job["env"]
+
+
+def test_release_fans_out_one_job_per_variant_and_assembles_once():
+    jobs = load("release.yml")["jobs"]
+    prepare, variant, final = jobs["prepare"], jobs["variant"], jobs["release"]
+    assert prepare["outputs"]["variants"] == "${{ steps.prepare.outputs.variants }}"
+    def last_run(job):
+        return [step for step in job["steps"] if "run" in step][-1]["run"]
+
+    def artifacts(job, action):
+        return [step["with"] for step in job["steps"] if f"actions/{action}-artifact@" in step.get("uses", "")]
+
+    assert last_run(prepare) == '.ci/release-prepare "$VERSION"'
+    assert variant["needs"] == "prepare" and variant["strategy"]["fail-fast"] is False
+    assert variant["strategy"]["matrix"]["variant"] == "${{ fromJSON(needs.prepare.outputs.variants) }}"
+    assert variant["env"]["VARIANT"] == "${{ matrix.variant }}"  # reaches the script as data, not as code
+    assert last_run(variant) == '.ci/release-variant "$VARIANT"'
+    # the `cache: false` records travel between the jobs as artifacts (DVC restores a stage from the
+    # run-cache only with them in the workspace): prepare -> every variant -> the final job
+    assert artifacts(prepare, "upload") == [{"name": "records-prepare", "path": "release-records/"}]
+    assert artifacts(variant, "download") == [{"name": "records-prepare", "path": "release-records/"}]
+    assert artifacts(variant, "upload") == [{"name": "records-${{ matrix.variant }}", "path": "release-records/"}]
+    assert artifacts(final, "download") == [{"pattern": "records-*", "merge-multiple": True, "path": "release-records/"}]
+    # the final job runs when variant jobs failed too, and only it publishes, commits and tags
+    assert final["needs"] == ["prepare", "variant"]
+    assert final["if"] == "${{ always() && needs.prepare.result == 'success' }}"
+    release_step = next(s for s in final["steps"] if s.get("name") == "Release")
+    assert release_step["env"]["QUANTBUILD_RELEASE_ASSEMBLE"] == "1" and release_step["run"] == '.ci/release "$VERSION"'
+    for name, job in jobs.items():
+        secrets = set(re.findall(r"secrets\.(\w+)", json.dumps(job)))
+        assert ("HF_TOKEN" in secrets) == (name == "release"), name  # the Hub token reaches the final job only
+        assert ("permissions" in job) == (name == "release"), name    # only it may write to the repository
+        for step in job["steps"]:
+            assert ("GH_TOKEN" in json.dumps(step)) == (step.get("name") == "Push the results commit and the tags")
     step = next(s for s in job["steps"] if s.get("name") == "Release")
     assert step["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}" and step["run"] == '.ci/release "$VERSION"'
     assert not any(s.get("with", {}).get("cache") for s in job["steps"])  # no cache a PR could poison

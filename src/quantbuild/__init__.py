@@ -18,8 +18,8 @@ from .errors import (  # noqa: E402
     SourceError,
 )
 
-_LAZY = {name: "quantbuild.api" for name in ("check", "release", "fetch", "calibrate", "sensitivity", "quantize",
-                                               "evaluate", "gate", "select", "card", "publish")}
+_LAZY = {name: "quantbuild.api" for name in ("check", "release", "fetch", "calibrate", "sensitivity", "inputs",
+                                               "quantize", "evaluate", "gate", "select", "card", "publish")}
 _LAZY["HubServer"] = "quantbuild.hubserver"
 
 

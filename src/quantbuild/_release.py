@@ -76,8 +76,13 @@ def release(params: Params, version: str, root: Path, *, variants: list[str] | N
     doc = yaml.load(dvc_yaml.read_text())
     artifacts = doc.get("artifacts") or {}
     rows, chosen = [], []
+    selection_path = root / "build/selection/selection.json"
+    not_built = set(json.loads(selection_path.read_text()).get("not_built", [])) if selection_path.is_file() else set()
     for name in variants or list(params.variants):
         gate_path = root / "build/gate" / name / "gate.json"
+        if not gate_path.is_file() and name in not_built and not variants:
+            rows.append({"variant": name, "tag": "-", "status": "skipped: not built (its job failed)"})
+            continue
         if not gate_path.is_file():
             raise ReleaseError(f"release: {gate_path} is missing (run `dvc repro` or `dvc pull` first)")
         if json.loads(gate_path.read_text()).get("passed") is not True:

@@ -87,7 +87,8 @@ def collect(root: Path) -> ReportData:
                     domains.add(parts[1])
         variants.append(result)
     heatmap = _read_json(root / "build/sensitivity/plots/heatmap.json", []) or []
-    layers = _read_json(root / "build/sensitivity/plots/layers.json", []) or []
+    layers = [row for row in _read_json(root / "build/sensitivity/plots/layers.json", []) or []
+              if isinstance(row.get("kl"), (int, float))]  # measured KL only (sensitivity.layer_kl may be off)
     return ReportData(base, variants, policy, selection.get("recommended"), selection.get("reason"),
                       throughput, heatmap, layers, sorted(domains))
 

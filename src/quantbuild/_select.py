@@ -25,13 +25,15 @@ def _quality(gate: dict[str, Any]) -> float | None:
 
 
 def select(variants: list[str], gate_root: Path, out_dir: Path) -> dict[str, Any]:
-    rows = []
+    rows, not_built = [], []
     for name in variants:
         path = gate_root / name / "gate.json"
         if not path.is_file():
-            from .errors import EnvironmentSetupError
-
-            raise EnvironmentSetupError(f"select: {path} is missing (run dvc repro gate@{name} first)")
+            # `dvc repro` never runs select before every gate; a release assembled from per-variant jobs
+            # (.ci/release with QUANTBUILD_RELEASE_ASSEMBLE) runs it alone when a variant's job failed.
+            not_built.append(name)
+            log(STAGE, f"{name}: not built (no gate record: {path}); left out of the selection")
+            continue
         gate = json.loads(path.read_text())
         rows.append({"variant": name, "bits_per_weight": gate.get("bits_per_weight"), "quality": _quality(gate),
                      "passed": gate["passed"], "failures": [f["metric"] for f in gate["failures"]]})
@@ -50,6 +52,7 @@ def select(variants: list[str], gate_root: Path, out_dir: Path) -> dict[str, Any
            f"per weight, worst recovery {best['quality']:.4f}" if best else
            "no variant meets the quality policy; nothing is recommended")
     record = {"recommended": best["variant"] if best else None, "reason": why, "variants": rows,
+              "not_built": not_built,
               "frontier": [r["variant"] for r in sorted(rows, key=lambda r: r["bits_per_weight"] or 0) if r["pareto"]]}
     with atomic_outputs(out_dir / "selection.json", out_dir / "plots", field="select output") as (sel, plots):
         plots.mkdir()
