@@ -84,7 +84,7 @@ def test_dvc_yaml_declares_every_variant_and_artifact():
     assert "build/base/model" in artifact_paths
     for name in params["variants"]:
         assert f"build/variants/{name}/model" in artifact_paths
-    assert list(pipeline["stages"]) == ["fetch", "calibrate", "sensitivity", "quantize", "evaluate_base", "evaluate",
-                                        "gate", "select", "card", "publish"]
+    assert list(pipeline["stages"]) == ["fetch", "calibrate", "sensitivity", "inputs", "quantize", "evaluate_base",
+                                        "evaluate", "gate", "select", "card", "publish"]
     assert pipeline["stages"]["quantize"]["do"]["params"] == ["variants.${key}", "base.trust_remote_code"]
     assert pipeline["stages"]["publish"]["do"]["outs"][0]["build/publish/${key}.json"]["persist"] is True  # no run-cache
