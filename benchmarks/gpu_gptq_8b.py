@@ -21,11 +21,12 @@ LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, n
                  rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
 
 
-def build_model(layers: int):
+def build_model(layers: int, shape: dict = LLAMA3_8B):
+    """A Llama of `shape` (config keys) with `layers` decoder layers and random bf16 weights, on the CPU."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**{**LLAMA3_8B, "num_hidden_layers": layers})
+    config = LlamaConfig(**{**shape, "num_hidden_layers": layers})
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model = model.to_empty(device="cpu").to(torch.bfloat16)
@@ -42,7 +43,7 @@ def build_model(layers: int):
     # llm-compressor re-reads the config from model.config.name_or_path: give it one on disk.
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix="llama8b-config-")
+    folder = tempfile.mkdtemp(prefix="llama-config-")
     model.config.save_pretrained(folder)
     model.config.name_or_path = folder
     return model

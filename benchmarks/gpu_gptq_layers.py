@@ -18,17 +18,16 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
+from gpu_gptq_8b import LLAMA3_8B, build_model
+
+# the same random-weights Llama as benchmarks/gpu_gptq_8b.py (beside this file), of either shape
 SHAPES = {
-    "8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=8),
-    "70b": dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                num_attention_heads=64, num_key_value_heads=8),  # Llama-3.1-70B's config
+    "8b": LLAMA3_8B,
+    "70b": {**LLAMA3_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+            "num_attention_heads": 64},  # Llama-3.1-70B's config (8 KV heads, vocabulary and RoPE as 8B's)
 }
-COMMON = dict(max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-              bos_token_id=128000, eos_token_id=128001)
 
 
 def one_run(shape: str, layers: int, samples: int, seq_len: int, tokenizer: str) -> dict:
@@ -36,25 +35,10 @@ def one_run(shape: str, layers: int, samples: int, seq_len: int, tokenizer: str)
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import GPTQModifier
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    config = LlamaConfig(**{**SHAPES[shape], **COMMON, "num_hidden_layers": layers})
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 1:
-                param.fill_(1.0)
-            else:
-                block = torch.empty(param.shape, dtype=torch.bfloat16, device="cuda")
-                param.copy_(block.normal_(0.0, 0.02, generator=gen).cpu())
-                del block
-    model.config.use_cache = False
-    folder = tempfile.mkdtemp(prefix=f"llama{shape}-config-")
-    model.config.save_pretrained(folder)
-    model.config.name_or_path = folder
+    model = build_model(layers, SHAPES[shape])
+    config = model.config
     ids = torch.randint(0, config.vocab_size, (samples, seq_len), generator=torch.Generator().manual_seed(1)).tolist()
     data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * seq_len] * samples})
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -26,15 +26,11 @@ def timed(cmd: list[str]) -> float:
 
 
 def cpu_line() -> str:
-    model, flags = "unknown CPU", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and model == "unknown CPU":
-            model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, bf16 flags: {', '.join(bf16) or 'none'}"
+    from quantbuild._hardware import BF16_CPU_FLAGS, cpu_info
+
+    cpu = cpu_info()
+    bf16 = [f for f in BF16_CPU_FLAGS if f in cpu["isa"]]
+    return f"{cpu['model']}, {cpu['cores']} cores, bf16 flags: {', '.join(bf16) or 'none (AVX2-class)'}"
 
 
 def main() -> None:

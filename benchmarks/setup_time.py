@@ -1,6 +1,6 @@
 """`make setup` (envs/setup) from the hash-locked files: cold, no-op, and after one lock changed, in one run.
 
-    python3 benchmarks/setup_time.py [--keep]
+    .venvs/quantize/bin/python benchmarks/setup_time.py [--keep] [--baseline REV]
 
 Works on a copy of this checkout's tracked and untracked files (not .venvs/) in a temporary folder:
 1. cold: no environments, an empty uv cache and an empty text cache (everything is downloaded from the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,18 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_line() -> str:
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "unknown CPU", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, bf16 flags: {', '.join(bf16) or 'none (AVX2-class)'}"
+    from quantbuild._hardware import BF16_CPU_FLAGS, cpu_info
+
+    cpu = cpu_info()
+    bf16 = [f for f in BF16_CPU_FLAGS if f in cpu["isa"]]
+    return f"{cpu['model']}, {cpu['cores']} cores, bf16 flags: {', '.join(bf16) or 'none (AVX2-class)'}"
 
 
 def copy_checkout(dest: Path) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO_ROOT, dvc, make_project, write_params
-from .test_remotes import run
+from .conftest import REPO_ROOT, dvc
+from .test_remotes import commit_and_push, release_project, run
 
 pytestmark = pytest.mark.slow
 GOOD, BAD = "fp8-dynamic", "int8-w8a8"
@@ -44,27 +44,12 @@ def executed(result, stage_prefix: str) -> bool:
 def fanout(session_hub, tiny_llama_dir, tmp_path_factory, s3_endpoint):
     hub = session_hub
     root = tmp_path_factory.mktemp("fanout")
-    run(root, "git", "init", "-q", "--bare", "origin.git")
-    base_repo = hub.repo_id("fanout-base")
-    hub.seed(base_repo, {**{p.name: p for p in tiny_llama_dir.iterdir()}, "README.md": "---\nlicense: mit\n---\n"})
-    project = make_project(root / "project")
-    write_params(project / "params.yaml",
-                 base={"source": f"hf://{base_repo}", "revision": "main", "dtype": "auto"},
-                 calibration={"sources": [{"uri": "builtin://lee-news"}], "n_samples": 16, "seq_len": 128,
-                              "heldout_max_docs": 4},
-                 variants={GOOD: {"method": "fp8"}, BAD: {"method": "int8", "n_samples": 8}},
-                 sensitivity={"n_samples": 2, "seq_len": 64, "layer_kl": False},
-                 eval={"engine": "hf", "tasks": ["heldout_perplexity"], "max_model_len": 512, "perplexity_windows": 2},
-                 card={"base_model": None},
-                 publish={"enabled": True, "namespace": hub.user, "version": "v0.1.0",
-                          "repo_template": "{base}-{variant}-" + Path(hub.repo_id("fan")).name})
+    project = release_project(root, hub, tiny_llama_dir, "fan",
+                              {GOOD: {"method": "fp8"}, BAD: {"method": "int8", "n_samples": 8}})
     # the shared remote every runner uses, committed (credentials come from the environment)
     dvc(project, "remote", "add", "-f", "-d", "shared", "s3://quantbuild-test/fanout")
     dvc(project, "remote", "modify", "shared", "endpointurl", s3_endpoint)
-    run(project, "git", "add", "-A")
-    run(project, "git", "commit", "-qm", "release params")
-    run(project, "git", "remote", "add", "origin", str(root / "origin.git"))
-    run(project, "git", "push", "-q", "origin", "HEAD:refs/heads/main")
+    commit_and_push(project, root / "origin.git")
     ci = {"CI": "true"}
     outputs = root / "github-output"
 

@@ -35,30 +35,41 @@ def out_paths(project: Path) -> list[Path]:
     return sorted({project / o["path"] for stage in lock["stages"].values() for o in stage.get("outs", [])})
 
 
-@pytest.fixture(scope="module")
-def shipped(session_hub, tiny_llama_dir, tmp_path_factory):
-    hub = session_hub
-    root = tmp_path_factory.mktemp("remotes")
+def release_project(root: Path, hub, tiny_llama_dir: Path, name: str, variants: dict) -> Path:
+    """A project that releases `variants` of the tiny Llama (served by the local Hub) with publishing on,
+    next to a bare `origin.git`: tiny calibration, sensitivity and transformers evaluation."""
     run(root, "git", "init", "-q", "--bare", "origin.git")
-    base_repo = hub.repo_id("remote-base")
+    base_repo = hub.repo_id(f"{name}-base")
     hub.seed(base_repo, {**{p.name: p for p in tiny_llama_dir.iterdir()}, "README.md": "---\nlicense: mit\n---\n"})
     project = make_project(root / "project")
     write_params(project / "params.yaml",
                  base={"source": f"hf://{base_repo}", "revision": "main", "dtype": "auto"},
                  calibration={"sources": [{"uri": "builtin://lee-news"}], "n_samples": 16, "seq_len": 128,
                               "heldout_max_docs": 4},
-                 variants={VARIANT: {"method": "fp8"}},
+                 variants=variants,
                  sensitivity={"n_samples": 2, "seq_len": 64, "layer_kl": False},
                  eval={"engine": "hf", "tasks": ["heldout_perplexity"], "max_model_len": 512, "perplexity_windows": 2},
                  card={"base_model": None},
                  publish={"enabled": True, "namespace": hub.user, "version": "v0.1.0",
-                          "repo_template": "{base}-{variant}-" + Path(hub.repo_id("ship")).name})
-    # the repo's default remote "local" (make_project points it at a folder beside the project)
-    assert dvc(project, "remote", "list").stdout.split()[:2] == ["local", str(root / "dvc-remote")]
+                          "repo_template": "{base}-{variant}-" + Path(hub.repo_id(name)).name})
+    return project
+
+
+def commit_and_push(project: Path, origin: Path) -> None:
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-qm", "release params")
-    run(project, "git", "remote", "add", "origin", str(root / "origin.git"))
+    run(project, "git", "remote", "add", "origin", str(origin))
     run(project, "git", "push", "-q", "origin", "HEAD:refs/heads/main")
+
+
+@pytest.fixture(scope="module")
+def shipped(session_hub, tiny_llama_dir, tmp_path_factory):
+    hub = session_hub
+    root = tmp_path_factory.mktemp("remotes")
+    project = release_project(root, hub, tiny_llama_dir, "ship", {VARIANT: {"method": "fp8"}})
+    # the repo's default remote "local" (make_project points it at a folder beside the project)
+    assert dvc(project, "remote", "list").stdout.split()[:2] == ["local", str(root / "dvc-remote")]
+    commit_and_push(project, root / "origin.git")
     mismatch = run(project, ".ci/release", "v9.9.9", check=False)
     # In CI (the variable GitHub and this project's CI set) a local-path remote is refused: runners are
     # thrown away. Outside CI, as here on purpose, the release runs against the local remote.

@@ -51,10 +51,9 @@ def write_variant_inputs(params: Params, calib_path: Path, sensitivity_path: Pat
             record["sensitivity"] = "not used"
         write_json(folder / "inputs.json", record)
         summary[name] = record
-        files = sorted(p.name for p in folder.iterdir())
         what = (f"{record['calibration']['samples']} calibration samples" if isinstance(record["calibration"], dict)
                 else "no calibration (data-free)")
-        log(STAGE, f"{name}: {what}{', sensitivity' if 'sensitivity.json' in files else ''}")
+        log(STAGE, f"{name}: {what}{', sensitivity' if needs_sensitivity(variant.method) else ''}")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.replace(out_dir)

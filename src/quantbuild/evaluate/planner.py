@@ -13,7 +13,6 @@ the size exceeds them).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

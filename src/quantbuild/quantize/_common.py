@@ -17,8 +17,6 @@ from ..errors import ConfigError
 
 STAGE = "quantize"
 
-from .._methods import DEFAULTS, LEVERS, resolve_settings  # noqa: E402,F401  (the method table, declared once)
-
 
 @dataclass
 class QuantJob:

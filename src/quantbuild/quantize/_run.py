@@ -14,11 +14,11 @@ from .. import __version__
 from .._io import atomic_outputs, folder_size, sha256_file, write_json
 from .._hardware import compute_dtype, hardware_record
 from .._progress import fmt_seconds, log
-from .._methods import needs_calibration
+from .._methods import needs_calibration, resolve_settings
 from ..config import Params
 from ..errors import ConfigError, EnvironmentSetupError
 from . import load_backend
-from ._common import STAGE, QuantJob, linear_modules, load_samples, resolve_keep, resolve_settings
+from ._common import STAGE, QuantJob, linear_modules, load_samples, resolve_keep
 
 _warned: set[str] = set()
 VERSIONED = ("torch", "transformers", "llmcompressor", "compressed-tensors", "gptqmodel", "autoawq", "optimum",
