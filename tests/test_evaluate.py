@@ -16,7 +16,7 @@ from quantbuild.evaluate._closeness import kl_and_agreement
 from quantbuild.evaluate._engine import command_line, engine_args
 from quantbuild.evaluate._tasks import check_task_names, heldout_task
 
-from .conftest import dvc, make_project, write_params
+from .conftest import VENV_BIN, dvc, make_project, write_params
 
 
 def test_kl_and_top1_agreement():
@@ -125,19 +125,19 @@ def test_stage_errors_are_one_line(evaluated):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["eval"]["tasks"] = ["heldout_perplexity", "gsm8k_lokal"]
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    run = subprocess.run(["stages/run", "evaluate", "-m", "quantbuild.stages.evaluate", "base"], cwd=project, capture_output=True,
+    run = subprocess.run([str(VENV_BIN / "quantbuild"), "stage", "evaluate", "base"], cwd=project, capture_output=True,
                          text=True)
     errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
     assert run.returncode == 2 and len(errors) == 1, run.stderr[-2000:]
     assert errors[0].startswith("error: eval.tasks[1]: unknown lm-eval task 'gsm8k_lokal' (close: gsm8k_local, ")
-    run = subprocess.run(["stages/run", "evaluate", "-m", "quantbuild.stages.evaluate", "nope"], cwd=project, capture_output=True,
+    run = subprocess.run([str(VENV_BIN / "quantbuild"), "stage", "evaluate", "nope"], cwd=project, capture_output=True,
                          text=True)
     assert run.returncode == 2 and "error: variants.nope: no such variant" in run.stderr
     params["eval"]["tasks"] = ["heldout_perplexity"]
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     import shutil
     shutil.rmtree(project / "build/variants/fp8-dynamic/model")
-    run = subprocess.run(["stages/run", "evaluate", "-m", "quantbuild.stages.evaluate", "fp8-dynamic"], cwd=project,
+    run = subprocess.run([str(VENV_BIN / "quantbuild"), "stage", "evaluate", "fp8-dynamic"], cwd=project,
                          capture_output=True, text=True)
     assert run.returncode == 2 and "error: evaluate@fp8-dynamic: no model at build/variants/fp8-dynamic/model " \
                                    "(run dvc repro quantize@fp8-dynamic first)" in run.stderr
@@ -198,7 +198,7 @@ def test_a_format_vllm_cannot_run_here_falls_back_to_transformers_like_with_like
     # eval.fallback: refuse stops with one line naming the cause, before any engine starts
     params["eval"]["fallback"] = "refuse"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run = subprocess.run(["stages/run", "evaluate", "-m", "quantbuild.stages.evaluate", "w4"], cwd=project,
+    run = subprocess.run([str(VENV_BIN / "quantbuild"), "stage", "evaluate", "w4"], cwd=project,
                          capture_output=True, text=True, env={**os.environ, **env})
     errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
     assert run.returncode == 2 and len(errors) == 1 and "cpu_gemm_wna16" in errors[0], run.stderr[-2000:]

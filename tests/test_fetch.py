@@ -15,7 +15,7 @@ from quantbuild._io import sha256_file
 from quantbuild.config import BaseConfig
 from quantbuild.errors import OutputError, SourceError
 
-from .conftest import SMOLLM_GGUF, write_params
+from .conftest import SMOLLM_GGUF, VENV_BIN, write_params
 
 CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\nlibrary_name: transformers\n---\n# Tiny\n"
 
@@ -150,7 +150,7 @@ def test_missing_package_and_file(tmp_path):
 
 def test_stage_script_prints_one_error_line_and_exits_2(project):
     write_params(project / "params.yaml", base={"source": "hf://nobody/nothing-here", "revision": "main"})
-    result = subprocess.run(["stages/run", "quantize", "-m", "quantbuild.stages.fetch"],
+    result = subprocess.run([str(VENV_BIN / "quantbuild"), "stage", "fetch"],
                             cwd=project, capture_output=True, text=True)
     errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from .conftest import REPO_ROOT, dvc, write_params
+from .conftest import REPO_ROOT, VENV_BIN, dvc, write_params
 
 
 def ran_stages(output: str) -> list[str]:
@@ -70,7 +70,7 @@ def test_card_and_publish_stages_name_the_missing_input(project):
     for script, message in (("card", "error: card@fp8-dynamic: build/base/fetch.json is missing (run `dvc repro "
                                      "evaluate@fp8-dynamic` first)"),
                             ("publish", "[publish] fp8-dynamic: skipped (publish.enabled is false)")):
-        result = subprocess.run(["stages/run", "quantize", "-m", f"quantbuild.stages.{script}", "fp8-dynamic"], cwd=project,
+        result = subprocess.run([str(VENV_BIN / "quantbuild"), "stage", script, "fp8-dynamic"], cwd=project,
                                 capture_output=True, text=True)
         assert message in result.stderr, result.stderr
     assert json.loads((project / "build/publish/fp8-dynamic.json").read_text()) == {

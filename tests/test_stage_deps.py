@@ -1,7 +1,8 @@
-"""dvc.yaml declares exactly the code each stage runs: the project modules its entry module imports (the
-transitive closure of every import statement, lazy ones included), the stage runner and the files of the
-environment it runs in. A module a stage imports but does not declare, or declares but does not import,
-fails here; so do variants that params.yaml has and dvc.yaml's artifacts or plots lack."""
+"""dvc.yaml declares exactly the code each stage runs: every stage's command is `quantbuild stage NAME`, it
+declares its own code identity (`.quantbuild/code.yaml: [NAME]`, the sha256 of the quantbuild modules it
+can execute) and the lock files of the environment it runs in. The identity covers the transitive closure
+of the entry module's imports (lazy ones included); it is checked here against an independent derivation
+(tests/_imports.py), and the committed code file must be what the current code computes."""
 
 from __future__ import annotations
 
@@ -25,36 +26,61 @@ def _stages():
 
 
 @pytest.mark.parametrize("name,stage", list(_stages()), ids=[n for n, _ in _stages()])
-def test_stage_declares_exactly_its_code(name, stage):
-    cmd = stage["cmd"]
-    found = re.match(r"^stages/run (\w+) -m (quantbuild\.stages\.\w+)\b", cmd)
-    assert found, f"{name}: cmd must be `stages/run ENV -m quantbuild.stages.<stage>`: {cmd}"
-    env, module = found.groups()
-    entry = REPO_ROOT / "src" / Path(*module.split(".")).with_suffix(".py")
-    code = {str(p) for p in closure(entry)}
+def test_stage_declares_its_code_and_environment(name, stage):
+    from quantbuild._codeid import STAGES
+
+    found = re.match(r"^quantbuild stage (\w+)(?: (\$\{key\}|base))?$", stage["cmd"])
+    assert found, f"{name}: cmd must be `quantbuild stage NAME [VARIANT]`: {stage['cmd']}"
+    module = found.group(1)
+    assert module in STAGES and name.split("_")[0] == module, name
+    code_params = [p for p in stage["params"] if isinstance(p, dict) and ".quantbuild/code.yaml" in p]
+    assert code_params == [{".quantbuild/code.yaml": [module]}], f"{name}: declare its own code identity only"
     declared = {d for d in stage["deps"] if isinstance(d, str)}
-    declared_code = {d for d in declared if d.startswith("src/")}
-    covered = set()
-    for path in code:
-        hits = [d for d in declared_code if path == d or path.startswith(d.rstrip("/") + "/")]
-        assert hits, f"{name}: dvc.yaml does not declare {path}, which the stage imports"
-        covered |= set(hits)
-    assert declared_code <= covered, f"{name}: dvc.yaml declares code the stage never imports: " \
-                                     f"{sorted(declared_code - covered)}"
-    for folder in (d for d in declared_code if (REPO_ROOT / d).is_dir()):
-        files = {str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / folder).rglob("*.py")}
-        assert files <= code, f"{name}: declares {folder}, but the stage does not import {sorted(files - code)}"
+    env = STAGES[module].env
     assert ENV_FILES[env] <= declared, f"{name}: the environment's files are dependencies: add {ENV_FILES[env] - declared}"
-    assert "stages/run" in declared, f"{name}: stages/run (the runner) is a dependency"
     other_envs = set().union(*(v for k, v in ENV_FILES.items() if k != env))
     assert not declared & other_envs, f"{name}: runs in {env} but declares {declared & other_envs}"
+    assert not [d for d in declared if d.startswith(("src/", "stages/"))], f"{name}: code is covered by its identity"
+
+
+@pytest.mark.parametrize("stage", ["fetch", "calibrate", "sensitivity", "inputs", "quantize", "evaluate", "gate",
+                                   "select", "card", "publish"])
+def test_code_identity_covers_exactly_what_the_stage_imports(stage):
+    from quantbuild._codeid import stage_files
+
+    entry = REPO_ROOT / "src" / "quantbuild" / "stages" / f"{stage}.py"
+    expected = sorted(str(p.relative_to("src/quantbuild")) for p in closure(entry))
+    assert [str(p) for p in stage_files(stage)] == expected
+
+
+def test_committed_code_identities_are_the_current_code():
+    from quantbuild._codeid import CODE_FILE, render_code_file
+
+    assert (REPO_ROOT / CODE_FILE).read_text() == render_code_file(), \
+        "run `make setup` (it rewrites .quantbuild/code.yaml), then dvc repro"
+
+
+def test_editing_one_module_changes_only_the_stages_that_import_it(monkeypatch, tmp_path):
+    import shutil
+
+    from quantbuild import _codeid
+
+    before = {s: _codeid.stage_id(s) for s in _codeid.STAGES}
+    copy = tmp_path / "quantbuild"
+    shutil.copytree(_codeid.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "_gate.py").write_text((copy / "_gate.py").read_text() + "\n# changed\n")
+    monkeypatch.setattr(_codeid, "PACKAGE", copy)
+    after = {s: _codeid.stage_id(s) for s in _codeid.STAGES}
+    changed = {s for s in before if before[s] != after[s]}
+    importers = {s for s in _codeid.STAGES if Path("_gate.py") in _codeid.stage_files(s)}
+    assert changed == importers and "gate" in changed and "fetch" not in changed
 
 
 def test_no_stage_imports_the_hub_server():
-    for name, stage in _stages():
-        module = re.search(r"-m (quantbuild\.stages\.\w+)", stage["cmd"]).group(1)
-        code = closure(REPO_ROOT / "src" / Path(*module.split(".")).with_suffix(".py"))
-        assert not [p for p in code if "hubserver" in str(p)], f"{name} imports the Hub server (a test/ops tool)"
+    from quantbuild._codeid import STAGES, stage_files
+
+    for name in STAGES:
+        assert not [p for p in stage_files(name) if "hubserver" in str(p)], f"{name} imports the Hub server"
 
 
 def test_every_variant_reaches_artifacts_and_plots():

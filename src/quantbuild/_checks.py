@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Params, domain_name
+from ._layout import BASE_MODEL_DIR, HELDOUT_FILE
 
 BUILTIN_METRICS = {
     "heldout_perplexity": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
@@ -61,7 +62,7 @@ def _evaluate_python() -> Path | None:
     return python if python.is_file() else None
 
 
-def unknown_tasks(params: Params, heldout: Path = Path("build/calibration/heldout.jsonl")) -> tuple[list[str], str]:
+def unknown_tasks(params: Params, heldout: Path = HELDOUT_FILE) -> tuple[list[str], str]:
     """Task names lm-eval's registry (plus ours) lacks; ('', reason) entries when it cannot be asked."""
     ours = set(BUILTIN_METRICS)
     others = [t for t in params.eval.tasks if t not in ours]
@@ -133,7 +134,7 @@ def dvcfile_warnings(params: Params, dvc_yaml: Path = Path("dvc.yaml")) -> list[
 
     data = yaml.safe_load(dvc_yaml.read_text()) or {}
     artifacts = data.get("artifacts") or {}
-    base = next((k for k, a in artifacts.items() if isinstance(a, dict) and a.get("path") == "build/base/model"), "model")
+    base = next((k for k, a in artifacts.items() if isinstance(a, dict) and a.get("path") == BASE_MODEL_DIR.as_posix()), "model")
     return missing_variant_entries(data, list(params.variants), base)
 
 

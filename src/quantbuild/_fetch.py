@@ -79,27 +79,28 @@ def _check_weights(names: list[str], base: BaseConfig, where: str) -> bool:
     return True
 
 
-def _hub_error(exc: Exception, repo: str, revision: str) -> SourceError:
+def _hub_error(exc: Exception, repo: str, revision: str, source_field: str = "base.source",
+               revision_field: str = "base.revision") -> SourceError:
     from huggingface_hub import constants
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
     endpoint = constants.ENDPOINT
     if isinstance(exc, GatedRepoError):
-        return SourceError(f"base.source: hf://{repo} is gated: accept its license on {endpoint}/{repo} and set "
+        return SourceError(f"{source_field}: hf://{repo} is gated: accept its license on {endpoint}/{repo} and set "
                            "HF_TOKEN (or run `hf auth login`)")
     if isinstance(exc, RevisionNotFoundError):
-        return SourceError(f"base.revision: {revision!r} not found in hf://{repo} (use an existing branch, tag or "
+        return SourceError(f"{revision_field}: {revision!r} not found in hf://{repo} (use an existing branch, tag or "
                            "commit sha)")
     if isinstance(exc, RepositoryNotFoundError):
-        return SourceError(f"base.source: hf://{repo} not found at {endpoint} (check the name; if it is private, "
+        return SourceError(f"{source_field}: hf://{repo} not found at {endpoint} (check the name; if it is private, "
                            "set HF_TOKEN)")
     if isinstance(exc, HfHubHTTPError):
         status = getattr(exc.response, "status_code", "?")
         if status == 401:
-            return SourceError(f"base.source: {endpoint} refused the token for hf://{repo} (401); set a valid HF_TOKEN")
-        return SourceError(f"base.source: {endpoint} answered {status} for hf://{repo}; try again later")
-    return SourceError(f"base.source: cannot reach {endpoint} for hf://{repo} ({type(exc).__name__}); check "
+            return SourceError(f"{source_field}: {endpoint} refused the token for hf://{repo} (401); set a valid HF_TOKEN")
+        return SourceError(f"{source_field}: {endpoint} answered {status} for hf://{repo}; try again later")
+    return SourceError(f"{source_field}: cannot reach {endpoint} for hf://{repo} ({type(exc).__name__}); check "
                        "HF_ENDPOINT and the network")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._card import repo_target, strip_credentials, validate_card_text
 from ._io import atomic_outputs, git_blob_oid, sha256_file, write_json
+from ._layout import CARDS_DIR, EVAL_DIR, FETCH_RECORD, VARIANTS_DIR, eval_metrics, gate_record, variant_model
 from ._progress import log
 from ._retry import with_retries
 from .config import Params
@@ -24,12 +25,12 @@ from .errors import PublishError
 STAGE = "publish"
 # Files of a release besides the model folder: the card and the evidence behind it.
 EXTRA_FILES = {
-    "README.md": "build/cards/{v}/README.md",
-    "eval/metrics.json": "build/eval/{v}/metrics.json",
-    "eval/base_metrics.json": "build/eval/base/metrics.json",
-    "eval/lm_eval.json": "build/eval/{v}/results/lm_eval.json",
-    "eval/gate.json": "build/gate/{v}/gate.json",
-    "quantbuild/quantize.json": "build/variants/{v}/quantize.json",
+    "README.md": f"{CARDS_DIR}/{{v}}/README.md",
+    "eval/metrics.json": f"{EVAL_DIR}/{{v}}/metrics.json",
+    "eval/base_metrics.json": str(eval_metrics("base")),
+    "eval/lm_eval.json": f"{EVAL_DIR}/{{v}}/results/lm_eval.json",
+    "eval/gate.json": f"{gate_record('{v}')}",
+    "quantbuild/quantize.json": f"{VARIANTS_DIR}/{{v}}/quantize.json",
 }
 KEEP_REMOTE = {".gitattributes"}  # the Hub creates it; a release does not delete it
 
@@ -54,7 +55,7 @@ class LocalFile:
 
 
 def release_files(root: Path, name: str) -> list[LocalFile]:
-    model = root / "build/variants" / name / "model"
+    model = root / variant_model(name)
     if not (model / "config.json").is_file():
         raise PublishError(f"publish@{name}: no model at {model} (run `dvc repro quantize@{name}` first)")
     pairs = [(p.relative_to(model).as_posix(), p) for p in sorted(model.rglob("*")) if p.is_file()]
@@ -68,7 +69,7 @@ def release_files(root: Path, name: str) -> list[LocalFile]:
 
 def gate_refusal(root: Path, name: str) -> str | None:
     """Why the variant may not be published (its gate failed or never ran), or None when it passed."""
-    path = root / "build/gate" / name / "gate.json"
+    path = root / gate_record(name)
     if not path.is_file():
         raise PublishError(f"publish@{name}: {path} is missing (run `dvc repro gate@{name}` first)")
     gate = json.loads(path.read_text())
@@ -76,7 +77,7 @@ def gate_refusal(root: Path, name: str) -> str | None:
         return None
     why = "; ".join(f"{f['metric']} recovery {f['recovery']} < {f['minimum']}" if f.get("recovery") is not None
                     else f"{f['metric']}: {f.get('reason', 'not measured')}" for f in gate.get("failures", []))
-    return f"failed its quality gate ({why or 'see build/gate/' + name + '/gate.json'})"
+    return f"failed its quality gate ({why or f'see {gate_record(name)}'})"
 
 
 # Release files whose re-measured parts must not force a new version (see _card.VOLATILE_START).
@@ -131,7 +132,7 @@ class Publisher:
         from huggingface_hub import constants
 
         self.params, self.name = params, name
-        fetch = json.loads((root / "build/base/fetch.json").read_text())
+        fetch = json.loads((root / FETCH_RECORD).read_text())
         self.repo_id, self.branch, self.tag = repo_target(params, name, fetch)
         self.endpoint = strip_credentials(constants.ENDPOINT.rstrip("/"))
         self._api = None
@@ -237,7 +238,7 @@ def publish_variant(params: Params, name: str, out_path: Path, root: Path = Path
         raise PublishError(f"publish@{name}: refused: the variant {refusal}")
     files = release_files(root, name)
     card_text = (root / EXTRA_FILES["README.md"].format(v=name)).read_text()
-    validate_card_text(card_text, f"publish@{name}: build/cards/{name}/README.md")
+    validate_card_text(card_text, f"publish@{name}: {CARDS_DIR}/{name}/README.md")
     pub = Publisher(params, name, root)
     if dry_run:
         return _dry_run(pub, files)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._progress import log
+from ._layout import SELECTION_DIR, eval_metrics, gate_record, publish_receipt, variant_model
 from .config import Params
 from .errors import ReleaseError
 
@@ -37,7 +38,7 @@ def _yaml():
 
 
 def _artifact_for(artifacts: dict[str, Any], name: str) -> str:
-    path = f"build/variants/{name}/model"
+    path = variant_model(name).as_posix()
     for artifact, spec in artifacts.items():
         if spec.get("path") == path:
             return artifact
@@ -46,10 +47,10 @@ def _artifact_for(artifacts: dict[str, Any], name: str) -> str:
 
 
 def _meta(root: Path, name: str, version: str) -> dict[str, Any]:
-    metrics = json.loads((root / "build/eval" / name / "metrics.json").read_text())
+    metrics = json.loads((root / eval_metrics(name)).read_text())
     meta: dict[str, Any] = {"quantbuild": {"variant": name, "version": version, "gate_passed": True,
                                            "size_ratio_to_base": metrics.get("size.ratio_to_base")}}
-    record_path = root / "build/publish" / f"{name}.json"
+    record_path = root / publish_receipt(name)
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     if record.get("published"):
         if record.get("version") != version:
@@ -76,10 +77,10 @@ def release(params: Params, version: str, root: Path, *, variants: list[str] | N
     doc = yaml.load(dvc_yaml.read_text())
     artifacts = doc.get("artifacts") or {}
     rows, chosen = [], []
-    selection_path = root / "build/selection/selection.json"
+    selection_path = root / SELECTION_DIR / "selection.json"
     not_built = set(json.loads(selection_path.read_text()).get("not_built", [])) if selection_path.is_file() else set()
     for name in variants or list(params.variants):
-        gate_path = root / "build/gate" / name / "gate.json"
+        gate_path = root / gate_record(name)
         if not gate_path.is_file() and name in not_built and not variants:
             rows.append({"variant": name, "tag": "-", "status": "skipped: not built (its job failed)"})
             continue
@@ -97,7 +98,7 @@ def release(params: Params, version: str, root: Path, *, variants: list[str] | N
         chosen.append((name, artifact))
     if not chosen:
         raise ReleaseError(f"release {version}: no variant passed its quality gate; nothing to release")
-    selection = root / "build/selection/selection.json"
+    selection = root / SELECTION_DIR / "selection.json"
     if selection.is_file():  # the release says which variant is recommended and why
         picked = json.loads(selection.read_text())
         rows.append({"variant": picked.get("recommended") or "-", "tag": "-",

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from ._progress import log
+from ._layout import EVAL_DIR, gate_record
 from .errors import OutputError
 
 STAGE = "report"
@@ -24,12 +25,12 @@ def _dvc(root: Path, *args: str) -> str:
 
 def _gate_rows(root: Path) -> list[str]:
     rows = []
-    for metrics_path in sorted((root / "build/eval").glob("*/metrics.json")):
+    for metrics_path in sorted((root / EVAL_DIR).glob("*/metrics.json")):
         name = metrics_path.parent.name
         if name == "base":
             continue
         m = json.loads(metrics_path.read_text())
-        gate_path = root / "build/gate" / name / "gate.json"
+        gate_path = root / gate_record(name)
         gate = json.loads(gate_path.read_text()) if gate_path.is_file() else {}
         failures = gate.get("failures", [])
         why = "; ".join(f"{f['metric']} {f.get('recovery') if f.get('recovery') is not None else f.get('reason')}"

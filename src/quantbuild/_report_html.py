@@ -15,6 +15,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from ._layout import EVAL_DIR, SELECTION_DIR, SENSITIVITY_DIR, gate_record
 from .errors import OutputError
 
 TEMPLATE = Path(__file__).with_name("report.html.j2")  # beside the code that renders it
@@ -63,9 +64,9 @@ def _read_json(path: Path, default: Any = None) -> Any:
 
 def collect(root: Path) -> ReportData:
     """Read every record the report shows; a record that is missing leaves its section empty."""
-    eval_dir = root / "build/eval"
+    eval_dir = root / EVAL_DIR
     base = _read_json(eval_dir / "base/metrics.json", {})
-    selection = _read_json(root / "build/selection/selection.json", {}) or {}
+    selection = _read_json(root / SELECTION_DIR / "selection.json", {}) or {}
     pareto = {row.get("variant") for row in selection.get("variants", []) if row.get("pareto")}
     variants, policy, throughput, domains = [], None, [], set()
     for metrics_path in sorted(eval_dir.glob("*/metrics.json")):
@@ -73,7 +74,7 @@ def collect(root: Path) -> ReportData:
         throughput += _read_json(metrics_path.parent / "plots/throughput.json", []) or []
         if name == "base":
             continue
-        gate = _read_json(root / "build/gate" / name / "gate.json", {}) or {}
+        gate = _read_json(root / gate_record(name), {}) or {}
         policy = policy or gate.get("policy")
         result = VariantResult(name, gate.get("method"), gate.get("bits_per_weight"),
                                gate.get("passed") if gate else None, gate.get("failures", []),
@@ -86,8 +87,8 @@ def collect(root: Path) -> ReportData:
                     result.increases[parts[1]] = 100.0 * (rec["variant"] / rec["base"] - 1.0)
                     domains.add(parts[1])
         variants.append(result)
-    heatmap = _read_json(root / "build/sensitivity/plots/heatmap.json", []) or []
-    layers = [row for row in _read_json(root / "build/sensitivity/plots/layers.json", []) or []
+    heatmap = _read_json(root / SENSITIVITY_DIR / "plots/heatmap.json", []) or []
+    layers = [row for row in _read_json(root / SENSITIVITY_DIR / "plots/layers.json", []) or []
               if isinstance(row.get("kl"), (int, float))]  # measured KL only (sensitivity.layer_kl may be off)
     return ReportData(base, variants, policy, selection.get("recommended"), selection.get("reason"),
                       throughput, heatmap, layers, sorted(domains))

@@ -20,8 +20,27 @@ def report(exc: QuantbuildError) -> int:
     return exc.exit_code
 
 
+def _check_code_identity(name: str) -> None:
+    """The code about to run must be what .quantbuild/code.yaml records for this stage (what DVC keyed the
+    stage's results on). Checked here, in the stage's own environment, because that environment's quantbuild
+    is what runs: one kept elsewhere ($QUANTBUILD_ENV_*) may hold another version than the CLI."""
+    from pathlib import Path
+
+    from ._codeid import CODE_FILE, STAGES, recorded_id, stage_id
+
+    key = name.split("@")[0]
+    if key not in STAGES or not (Path.cwd() / CODE_FILE).is_file():
+        return  # called outside a scaffolded project (python -m in a test folder): nothing recorded to match
+    if recorded_id(Path.cwd(), key) != stage_id(key):
+        print(f"error: {name}: this environment's quantbuild is not the code {CODE_FILE} records for stage {key}; "
+              "run `quantbuild setup` (environments kept elsewhere need the same quantbuild), then dvc repro",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def run_stage(name: str, work: Callable[[], Any]) -> None:
     start = time.monotonic()
+    _check_code_identity(name)
     log(name, "started")
     _adopt_orphans()
     try:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import Params, load_params
+from ._codeid import STAGES
 from .stages._common import BASE_MODEL_DIR, DEFAULT_PARAMS, checked_params
 
-_STAGES = ("fetch", "calibrate", "sensitivity", "inputs", "quantize", "evaluate", "gate", "select", "card", "publish")
+_STAGES = tuple(STAGES)  # the façade exports every stage's function
 
 
 def check(params_path: str | Path = DEFAULT_PARAMS, model_dir: str | Path | None = BASE_MODEL_DIR) -> Params:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from . import __version__
+from ._layout import BASE_MODEL_DIR, CALIBRATION_DIR, FETCH_RECORD
 from ._stage import report
 from .errors import HubServerError, QuantbuildError
 
@@ -33,7 +34,7 @@ def main() -> None:
 
 @main.command()
 @params_option
-@click.option("--model-dir", default="build/base/model", show_default=True,
+@click.option("--model-dir", default=str(BASE_MODEL_DIR), show_default=True,
               help="A fetched base model whose config.json enables the shape checks.")
 def check(params_path: str, model_dir: str) -> None:
     """Validate params.yaml without running anything heavy."""
@@ -54,8 +55,8 @@ def check(params_path: str, model_dir: str) -> None:
 
 @main.command()
 @params_option
-@click.option("--out", "out_dir", default="build/base/model", show_default=True)
-@click.option("--record", default="build/base/fetch.json", show_default=True)
+@click.option("--out", "out_dir", default=str(BASE_MODEL_DIR), show_default=True)
+@click.option("--record", default=str(FETCH_RECORD), show_default=True)
 def fetch(params_path: str, out_dir: str, record: str) -> None:
     """Fetch the base model (the `fetch` stage)."""
     from . import api
@@ -65,8 +66,8 @@ def fetch(params_path: str, out_dir: str, record: str) -> None:
 
 @main.command()
 @params_option
-@click.option("--model-dir", default="build/base/model", show_default=True)
-@click.option("--out", "out_dir", default="build/calibration", show_default=True)
+@click.option("--model-dir", default=str(BASE_MODEL_DIR), show_default=True)
+@click.option("--out", "out_dir", default=str(CALIBRATION_DIR), show_default=True)
 def calibrate(params_path: str, model_dir: str, out_dir: str) -> None:
     """Build calibration and held-out sets (the `calibrate` stage)."""
     from . import api
@@ -196,6 +197,50 @@ def plan(model_or_config: str, context: int, batch: int, gpu_memory: float, kv_d
     shape, rows = make_plan(load_config(model_or_config), context=context, batch=batch, gpu_memory_gb=gpu_memory,
                             kv_dtype=kv_dtype)
     click.echo(format_table(shape, rows, context=context, batch=batch, gpu_memory_gb=gpu_memory))
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--model", required=True, help="hf://org/name, a model folder, a .gguf file or pkg://package/file.")
+@click.option("--revision", default=None, help="For hf:// models: a 40-hex commit sha (or a tag or branch).")
+@click.option("--methods", default=None, help="Comma-separated, from gptq, awq, auto, fp8, int8 "
+              "[default: gptq,auto,fp8,int8].")
+@click.option("--card-base-model", default=None, help="The Hub id the model card links as the base "
+              "(default: the hf:// repo).")
+@click.option("--force", is_flag=True, help="Replace files that exist and differ.")
+@click.option("--diff", "show_diff", is_flag=True, help="Show what would change; write nothing.")
+def init(directory: str, model: str, revision: str | None, methods: str | None, card_base_model: str | None,
+         force: bool, show_diff: bool) -> None:
+    """Scaffold a quantbuild pipeline for MODEL into DIRECTORY (an existing git repository)."""
+    from ._init import init_project
+
+    result = init_project(directory, model, revision, methods, card_base_model, force=force, diff=show_diff)
+    if show_diff:
+        click.echo(result.diff or "no changes: the files match what this quantbuild would write", nl=not result.diff)
+        return
+    for rel in result.written:
+        click.echo(f"wrote {rel}")
+    click.echo(f"{len(result.written)} file(s) written, {len(result.unchanged)} unchanged"
+               + ("; next: make setup && make demo" if result.written else ""))
+
+
+@main.command("stage", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("variant", required=False)
+def stage_cmd(name: str, variant: str | None) -> None:
+    """Run one DVC stage (dvc.yaml's commands): NAME [VARIANT], in its environment."""
+    from ._runner import exec_stage
+
+    exec_stage(name, variant)
+
+
+@main.command()
+@click.argument("envs", nargs=-1)
+def setup(envs: tuple[str, ...]) -> None:
+    """Create or update the stage environments from envs/locks, and record each stage's code identity."""
+    from ._runner import run_setup
+
+    run_setup(list(envs))
 
 
 @main.group()

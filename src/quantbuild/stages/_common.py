@@ -9,20 +9,9 @@ from typing import Any
 from ..config import Params, check_against_model, load_params, model_source_kind
 from ..errors import ConfigError
 
-DEFAULT_PARAMS = "params.yaml"
-# The build layout, in one place: every stage's inputs and outputs are named from these.
-BUILD = Path("build")
-BASE_MODEL_DIR = BUILD / "base" / "model"
-FETCH_RECORD = BUILD / "base" / "fetch.json"
-CALIBRATION_DIR = BUILD / "calibration"
-SENSITIVITY_DIR = BUILD / "sensitivity"
-INPUTS_DIR = BUILD / "inputs"
-VARIANTS_DIR = BUILD / "variants"
-EVAL_DIR = BUILD / "eval"
-GATE_DIR = BUILD / "gate"
-SELECTION_DIR = BUILD / "selection"
-CARDS_DIR = BUILD / "cards"
-PUBLISH_DIR = BUILD / "publish"
+from .._layout import (  # noqa: F401  (the stage modules name their paths from here)
+    BASE_MODEL_DIR, BUILD, CALIBRATION_DIR, CARDS_DIR, DEFAULT_PARAMS, EVAL_DIR, FETCH_RECORD, GATE_DIR, INPUTS_DIR,
+    PUBLISH_DIR, SELECTION_DIR, SENSITIVITY_DIR, VARIANTS_DIR)
 
 
 def _model_config_for_checks(params: Params, model_dir: str | Path | None) -> dict[str, Any] | None:
