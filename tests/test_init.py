@@ -161,7 +161,7 @@ def test_installed_wheel_scaffolds_and_runs_a_pipeline_and_an_upgrade_reruns_onl
     assert str(package).startswith(str(fresh)) and (package / "templates/project/envs/locks/uv.txt").is_file()
 
     repo_id = session_hub.repo_id("tiny-llama")
-    sha = session_hub.seed(repo_id, {p.name: p for p in tiny_llama_dir.iterdir()})
+    sha = session_hub.seed(repo_id, {**{p.name: p for p in tiny_llama_dir.iterdir()}, "README.md": "---\nlicense: mit\n---\n"})
     project = git_repo(tmp_path / "project")
     result = quantbuild("init", "--model", f"hf://{repo_id}", "--revision", sha, "--methods", "gptq",
                         cwd=project, exe=exe)
@@ -219,3 +219,32 @@ def test_installed_wheel_scaffolds_and_runs_a_pipeline_and_an_upgrade_reruns_onl
 
     importers = {s for s in _codeid.STAGES if Path("_gate.py") in _codeid.stage_files(s)}
     assert ran == importers and "gate" in ran and "quantize" not in ran and "evaluate" not in ran, second.stdout
+
+
+def test_importing_the_package_and_its_cli_loads_no_test_framework():
+    code = ("import sys, quantbuild, quantbuild.api, quantbuild.cli, quantbuild._init, quantbuild._runner; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', 'torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["nope"], "stage: unknown stage 'nope'; choose one of fetch, calibrate"),
+    (["quantize"], "stage quantize: needs a variant name"),
+    (["select", "x"], "stage select: takes no variant"),
+    (["quantize", "../../etc"], "stage quantize: '../../etc' is not a variant name"),
+    (["gate", "w4"], "stage gate: .quantbuild/code.yaml records other code than the installed quantbuild runs; "
+                     "run `quantbuild setup`"),
+    (["card", "w4"], "stage card: .quantbuild/code.yaml has no entry for it"),
+])
+def test_stage_refuses_bad_names_and_stale_code_identities(tmp_path, args, expected):
+    from quantbuild._codeid import render_code_file
+
+    code = tmp_path / ".quantbuild" / "code.yaml"
+    code.parent.mkdir()
+    lines = [l for l in render_code_file().splitlines() if not l.startswith("card:")]
+    code.write_text("\n".join(l if not l.startswith("gate:") else "gate: 0000" for l in lines) + "\n")
+    result = quantbuild("stage", *args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+    assert expected in result.stderr, result.stderr
+    assert not (tmp_path / "build").exists()
