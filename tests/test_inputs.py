@@ -67,4 +67,4 @@ def test_quantize_stages_depend_on_their_own_inputs_only():
     assert not {"build/calibration/calibration.jsonl", "build/sensitivity/sensitivity.json"} & deps
     inputs = DVC["stages"]["inputs"]
     assert {"build/calibration/calibration.jsonl", "build/sensitivity/sensitivity.json"} <= set(inputs["deps"])
-    assert inputs["params"] == ["variants"] and inputs["outs"] == ["build/inputs"]
+    assert inputs["params"] == [{".quantbuild/code.yaml": ["inputs"]}, "variants"] and inputs["outs"] == ["build/inputs"]

@@ -54,8 +54,13 @@ def test_each_variant_stage_declares_only_its_own_params(project):
 
     with Repo(str(project)) as repo:
         declared = {stage.name: sorted(p for dep in stage.deps if isinstance(dep, ParamsDependency)
-                                             for p in dep.params)
+                                       and not str(dep.def_path).endswith("code.yaml") for p in dep.params)
                     for stage in repo.index.stages}
+        code = {stage.name: [p for dep in stage.deps if isinstance(dep, ParamsDependency)
+                             and str(dep.def_path).endswith("code.yaml") for p in dep.params]
+                for stage in repo.index.stages}
+    # and each its own code identity (tests/test_stage_deps.py checks what it covers)
+    assert code["quantize@gptq-w4g64"] == ["quantize"] and code["evaluate_base"] == ["evaluate"]
     assert declared["quantize@gptq-w4g64"] == ["base.trust_remote_code", "variants.gptq-w4g64"]
     assert declared["quantize@fp8-dynamic"] == ["base.trust_remote_code", "variants.fp8-dynamic"]
     assert declared["fetch"] == ["base"] and declared["calibrate"] == ["calibration"]
@@ -86,5 +91,6 @@ def test_dvc_yaml_declares_every_variant_and_artifact():
         assert f"build/variants/{name}/model" in artifact_paths
     assert list(pipeline["stages"]) == ["fetch", "calibrate", "sensitivity", "inputs", "quantize", "evaluate_base",
                                         "evaluate", "gate", "select", "card", "publish"]
-    assert pipeline["stages"]["quantize"]["do"]["params"] == ["variants.${key}", "base.trust_remote_code"]
+    assert pipeline["stages"]["quantize"]["do"]["params"] == [{".quantbuild/code.yaml": ["quantize"]},
+                                                              "variants.${key}", "base.trust_remote_code"]
     assert pipeline["stages"]["publish"]["do"]["outs"][0]["build/publish/${key}.json"]["persist"] is True  # no run-cache
