@@ -159,8 +159,14 @@ def _group_size(config: dict[str, Any]) -> tuple[int, str]:
                        f"({', '.join(map(str, widths))}); quantbuild's 4-bit formats cannot be used"])
 
 
-def _variant_blocks(methods: list[str], group: int, why: str) -> list[dict[str, Any]]:
+# GPTQ's Hessian dampening: 0.1 of the mean diagonal instead of the libraries' 0.01 generalizes better to
+# text unlike the calibration set (the demo's pydoc domain: +19.0 % -> +15.9 %, benchmarks/quality_trials.py).
+DAMP = "    damp_percent: 0.1       # Hessian dampening: generalizes better to unseen domains than 0.01\n"
+
+
+def _variant_blocks(methods: list[str], group: int, why: str, layers: int) -> list[dict[str, Any]]:
     blocks = []
+    last = layers - 1
     for method in methods:
         if method == "gptq":
             name = f"gptq-w4g{group}"
@@ -168,8 +174,9 @@ def _variant_blocks(methods: list[str], group: int, why: str) -> list[dict[str, 
                     f"  # search (llm-compressor): the best fixed recipe measured on quantbuild's demo (its README).\n"
                     f"  {name}:\n    method: gptq\n    backend: llmcompressor\n    bits: 4\n"
                     f"    group_size: {group}{why}\n    sym: false\n    observer: imatrix_mse\n"
-                    f"    transforms: [spinquant]\n    n_samples: 32\n")
-            desc = f"SpinQuant rotation + GPTQ W4A16 asymmetric, group size {group}, imatrix MSE observer (llmcompressor)"
+                    f"    transforms: [spinquant]\n{DAMP}    n_samples: 32\n")
+            desc = (f"SpinQuant rotation + GPTQ W4A16 asymmetric, group size {group}, imatrix MSE observer, dampening 0.1 "
+                    "(llmcompressor)")
             labels = ["quantized", "gptq", "w4a16"]
         elif method == "awq":
             name = f"awq-w4g{group}"
@@ -183,20 +190,26 @@ def _variant_blocks(methods: list[str], group: int, why: str) -> list[dict[str, 
             cand = "" if group == 64 else f"    candidates: [w4a16-g{group}-asym, w8a8]\n"
             text = ("  # Per-module formats from the sensitivity stage under a 4.5 bits-per-weight budget: W4A16 for most,\n"
                     "  # W8A8 int8 where 8 bits pay most (vLLM CPU has no 8-bit weight-only kernel).\n"
-                    f"  {name}:\n    method: auto\n    max_bits_per_weight: 4.5\n{cand}    n_samples: 32\n")
+                    f"  {name}:\n    method: auto\n    max_bits_per_weight: 4.5\n{cand}{DAMP}    n_samples: 32\n")
             desc = "Mixed precision from the sensitivity stage, at most 4.5 bits per weight (W4A16 + W8A8, llmcompressor)"
             labels = ["quantized", "auto", "mixed-precision"]
         elif method == "fp8":
             name = "fp8-dynamic"
             text = (f"  {name}:\n    method: fp8\n"
-                    "    scheme: dynamic         # data-free: weights per channel, activations per token at run time\n")
-            desc = "FP8 weights, dynamic per-token FP8 activations (llmcompressor, data-free)"
+                    "    scheme: dynamic         # data-free: weights per channel, activations per token at run time\n"
+                    "    # The first and last layers' MLPs stay bf16 (~5 % of the Linear weights, 8.42 bits per weight on\n"
+                    "    # the demo): per-token FP8 activations hurt them most (benchmarks/quality_trials.py).\n"
+                    f"    keep: ['layers\\.(0|{last})\\.mlp\\.']\n")
+            desc = f"FP8 weights, dynamic per-token FP8 activations, layers 0 and {last} MLPs bf16 (llmcompressor, data-free)"
             labels = ["quantized", "fp8"]
         else:
             name = "int8-w8a8"
             text = (f"  {name}:\n    method: int8            # SmoothQuant (+ the up_proj -> down_proj pair) then GPTQ\n"
-                    "    scheme: w8a8\n    smooth_down_proj: true\n    n_samples: 64\n")
-            desc = "INT8 W8A8, SmoothQuant (with up_proj -> down_proj) + GPTQ (llmcompressor)"
+                    "    scheme: w8a8\n    smooth_down_proj: true\n"
+                    "    # The last layer's MLP stays bf16 (8.22 bits per weight on the demo): the sensitivity stage ranks\n"
+                    "    # it first at W8A8 (benchmarks/quality_trials.py).\n"
+                    f"    keep: ['layers\\.{last}\\.mlp\\.']\n    n_samples: 64\n")
+            desc = f"INT8 W8A8, SmoothQuant (with up_proj -> down_proj) + GPTQ, layer {last} MLP bf16 (llmcompressor)"
             labels = ["quantized", "int8", "w8a8"]
         blocks.append({"name": name, "method": method, "yaml": text, "desc": desc, "labels": labels})
     return blocks
@@ -234,13 +247,14 @@ def context_for(info: ModelInfo, methods: list[str], card_base_model: str | None
         raise ConfigError([f"--model: architecture {arch!r} is not supported by quantbuild's recipes "
                            f"(supported: {', '.join(LLAMA_LIKE)})"])
     group, why = _group_size(info.config)
-    variants = _variant_blocks(methods, group, why)
+    variants = _variant_blocks(methods, group, why, int(info.config.get("num_hidden_layers") or 1))
     base_id = card_base_model or info.card_base_model
     if base_id and not _REPO_ID.match(base_id):
         raise ConfigError([f"--card-base-model: {base_id!r} is not a Hub repo id (org/name)"])
     return {"version": __version__, "model_name": info.name, "slug": _slug(info.name), "architecture": arch,
             "source": info.source, "revision": info.revision or "null", "methods": methods,
             "variants": variants, "group_size": group, "card_base_model": base_id or "null",
+            "sensitivity_formats": [f"w4a16-g{group}-asym", "w8a8"],
             "plan": _plan_rows(info.config)}
 
 
