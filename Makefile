@@ -1,11 +1,13 @@
 # make setup: the stage environments (quantbuild setup); make demo: the whole pipeline (dvc repro).
 Q := .venvs/quantize/bin
+# The quantbuild this project was scaffolded with (`quantbuild init`); a runner without it installs it.
+QUANTBUILD_VERSION := 0.1.0
 
 .PHONY: setup demo
 setup:
 	@if grep -qs '^name = "quantbuild"$$' pyproject.toml; then envs/setup; \
-	elif command -v quantbuild >/dev/null; then quantbuild setup; \
-	else echo "error: quantbuild is not installed here: pip install quantbuild, then make setup" >&2; exit 2; fi
+	else command -v quantbuild >/dev/null || python3 -m pip install -q "quantbuild==$(QUANTBUILD_VERSION)"; \
+	quantbuild setup; fi
 
 demo: setup
 	PATH="$(CURDIR)/$(Q):$$PATH" dvc repro

@@ -77,7 +77,7 @@ def test_init_scaffolds_a_repo_then_changes_nothing_and_diff_shows_a_template_ch
 
     templates = tmp_path / "templates"
     shutil.copytree(_init.TEMPLATES, templates)
-    (templates / "Makefile").write_text((templates / "Makefile").read_text() + "# a new target\n")
+    (templates / "Makefile.j2").write_text((templates / "Makefile.j2").read_text() + "# a new target\n")
     monkeypatch.setattr(_init, "TEMPLATES", templates)
     shown = _init.init_project(repo, DEMO_ARGS[1], None, "gptq,int8", DEMO_ARGS[3], diff=True)
     assert "+# a new target" in shown.diff and "b/Makefile" in shown.diff and shown.written == []
