@@ -150,9 +150,12 @@ def _sensitivity(sens: dict | None, record: dict) -> dict[str, Any] | None:
     worst = sorted(units, key=lambda u: -units[u]["score"][ref])[:6]
     auto = record.get("auto") or {}
     upgraded = auto.get("upgraded_units") or {}
+    from ._formats import unit_of
+
+    kept = {unit_of(m) for m in record.get("keep_modules") or []}  # left in the base dtype by `keep:`
     return {"reference": ref, "tokens": sens.get("tokens"), "spearman": sens.get("proxy_vs_layer_kl_spearman"),
             "worst": [{"unit": u, "score": f"{units[u]['score'][ref]:.3g}",
-                       "format": upgraded.get(u, "")} for u in worst],
+                       "format": "bf16 (kept)" if u in kept else upgraded.get(u, "")} for u in worst],
             "auto": {"budget": auto.get("budget"), "bits": auto.get("bits_per_weight"),
                      "predicted": auto.get("predicted_kl"), "all_cheapest": auto.get("predicted_kl_all_cheapest"),
                      "upgraded": [f"`{u}` → {f}" for u, f in upgraded.items()]} if auto else None}
