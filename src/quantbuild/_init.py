@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 from . import __version__
 from ._methods import METHODS
+from .config import REPO_ID_RE as _REPO_ID
 from .errors import ConfigError, SourceError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates" / "project"
@@ -33,7 +34,6 @@ EXECUTABLE = ("envs/setup", "envs/lock", ".ci/")
 # rotations, AWQ's and SmoothQuant's mappings, the fused units vLLM builds.
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
 DEFAULT_METHODS = ("gptq", "auto", "fp8", "int8")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 
 

@@ -4,15 +4,13 @@ the interpreter of its environment, and create those environments from the proje
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from ._codeid import CODE_FILE, PACKAGE, STAGES, recorded_id, stage_id
+from .config import VARIANT_NAME_RE
 from .errors import ConfigError, EnvironmentSetupError
-
-_VARIANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def env_python(env: str, root: Path | None = None) -> Path:
@@ -34,7 +32,7 @@ def exec_stage(name: str, variant: str | None) -> None:
         raise ConfigError([f"stage {name}: needs a variant name (quantbuild stage {name} VARIANT)"])
     if not stage.takes_variant and variant:
         raise ConfigError([f"stage {name}: takes no variant (quantbuild stage {name})"])
-    if variant and not _VARIANT.match(variant):
+    if variant and variant != "base" and not VARIANT_NAME_RE.match(variant):
         raise ConfigError([f"stage {name}: {variant!r} is not a variant name (lower-case letters, digits, . _ -)"])
     recorded, actual = recorded_id(Path.cwd(), name), stage_id(name)
     if recorded != actual:
