@@ -248,3 +248,14 @@ def test_stage_refuses_bad_names_and_stale_code_identities(tmp_path, args, expec
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
     assert expected in result.stderr, result.stderr
     assert not (tmp_path / "build").exists()
+
+
+def test_a_local_model_is_named_relative_to_the_project(tmp_path):
+    import yaml
+
+    model = _config_folder(tmp_path / "models" / "tiny")
+    repo = git_repo(tmp_path / "repo")
+    result = quantbuild("init", "--model", str(model), "--methods", "fp8", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["base"]["source"] == "../models/tiny" and str(tmp_path) not in (repo / "params.yaml").read_text()

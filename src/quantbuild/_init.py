@@ -320,6 +320,10 @@ def init_project(directory: str | Path, model: str, revision: str | None = None,
         raise ConfigError([f"DIR: {directory} is not inside a git repository (run git init there first)"])
     names = parse_methods(methods)
     info = probe_model(model, revision)
+    if not info.source.startswith(("hf://", "pkg://")):
+        # params.yaml is committed: a local model is named relative to the project, never by an absolute path
+        local = Path(info.source.removeprefix("file://")).expanduser().resolve()
+        info.source = os.path.relpath(local, root)
     context = context_for(info, names, card_base_model)
     files = render_files(context)
     readme_path = root / "README.md"
