@@ -1,8 +1,8 @@
 """dvc.yaml declares exactly the code each stage runs: every stage's command is `quantbuild stage NAME`, it
 declares its own code identity (`.quantbuild/code.yaml: [NAME]`, the sha256 of the quantbuild modules it
 can execute) and the lock files of the environment it runs in. The identity covers the transitive closure
-of the entry module's imports (lazy ones included); it is checked here against an independent derivation
-(tests/_imports.py), and the committed code file must be what the current code computes."""
+of the entry module's imports (lazy ones included); it is checked here against the modules Python loads
+and named lazy and registry cases, and the committed code file must be what the current code computes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ._imports import REPO_ROOT, closure
+from .conftest import REPO_ROOT
 
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
 ENV_FILES = {"quantize": {"envs/locks/quantize-cpu.txt", "envs/locks/quantize-cuda.txt"},
@@ -45,12 +45,32 @@ def test_stage_declares_its_code_and_environment(name, stage):
 
 @pytest.mark.parametrize("stage", ["fetch", "calibrate", "sensitivity", "inputs", "quantize", "evaluate", "gate",
                                    "select", "card", "publish"])
-def test_code_identity_covers_exactly_what_the_stage_imports(stage):
+def test_code_identity_covers_every_module_the_stage_loads(stage):
+    """Checked against Python itself: every quantbuild module that importing the stage's entry module loads
+    (its eager imports, in a fresh interpreter) is inside the identity's closure."""
+    import subprocess
+    import sys
+
     from quantbuild._codeid import stage_files
 
-    entry = REPO_ROOT / "src" / "quantbuild" / "stages" / f"{stage}.py"
-    expected = sorted(str(p.relative_to("src/quantbuild")) for p in closure(entry))
-    assert [str(p) for p in stage_files(stage)] == expected
+    code = (f"import sys, quantbuild.stages.{stage}; "
+            "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.startswith('quantbuild') and m.__file__))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=REPO_ROOT).stdout.split()
+    package = REPO_ROOT / "src" / "quantbuild"
+    eager = {str(Path(f).resolve().relative_to(package.resolve())) for f in loaded}
+    assert eager <= {str(p) for p in stage_files(stage)}
+
+
+def test_code_identity_follows_lazy_imports_and_registry_targets():
+    from quantbuild._codeid import stage_files
+
+    quantize = {str(p) for p in stage_files("quantize")}
+    # registry targets ("quantbuild.quantize._llmcompressor:run") and imports inside functions count too
+    assert {"quantize/_llmcompressor.py", "quantize/_gptqmodel.py", "quantize/_autoawq.py", "quantize/_auto.py",
+            "quantize/_run.py", "_formats.py", "stages/quantize.py", "_stage.py", "_codeid.py"} <= quantize
+    gate = {str(p) for p in stage_files("gate")}
+    assert "_gate.py" in gate and not {p for p in gate if p.startswith(("quantize/", "evaluate/"))}
 
 
 def test_committed_code_identities_are_the_current_code():
