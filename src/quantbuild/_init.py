@@ -265,12 +265,16 @@ def _dest_name(rel: Path) -> str:
     return "/".join(parts)
 
 
-def render_files(context: dict[str, Any]) -> dict[str, str]:
-    """{project-relative path: content} of every scaffolded file except the README section."""
+def _jinja():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
-                             undefined=jinja2.StrictUndefined, autoescape=False)
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
+                              undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def render_files(context: dict[str, Any]) -> dict[str, str]:
+    """{project-relative path: content} of every scaffolded file except the README section."""
+    env = _jinja()
     out = {}
     for path in sorted(TEMPLATES.rglob("*")):
         if not path.is_file() or "__pycache__" in path.parts:
@@ -286,11 +290,8 @@ def render_files(context: dict[str, Any]) -> dict[str, str]:
 
 
 def readme_section(context: dict[str, Any]) -> str:
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
-                             undefined=jinja2.StrictUndefined, autoescape=False)
-    return f"{README_BEGIN}\n{env.get_template('README-section.md.j2').render(**context).strip()}\n{README_END}\n"
+    text = _jinja().get_template("README-section.md.j2").render(**context).strip()
+    return f"{README_BEGIN}\n{text}\n{README_END}\n"
 
 
 def _with_section(current: str | None, section: str) -> str:

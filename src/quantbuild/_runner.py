@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ._codeid import CODE_FILE, PACKAGE, STAGES, recorded_id, stage_id
+from ._codeid import CODE_FILE, PACKAGE, STAGES, recorded_id, stage_id, write_code_file
 from .config import VARIANT_NAME_RE
 from .errors import ConfigError, EnvironmentSetupError
 
@@ -68,7 +68,5 @@ def run_setup(envs: list[str]) -> None:
     result = subprocess.run([str(script), *envs], env=env)
     if result.returncode:
         sys.exit(result.returncode)
-    from ._codeid import write_code_file
-
     changed = write_code_file(Path.cwd())
     print(f"[setup] {CODE_FILE}: {'updated' if changed else 'up to date'} (each stage's code identity)")
