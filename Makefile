@@ -1,5 +1,5 @@
 # make setup: the stage environments (quantbuild setup); make demo: the whole pipeline (dvc repro).
-Q := .venvs/quantize/bin
+Q := .venvs/build/bin
 # The quantbuild this project was scaffolded with (`quantbuild init`); a runner without it installs it.
 QUANTBUILD_VERSION := 0.1.0
 

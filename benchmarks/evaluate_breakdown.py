@@ -1,7 +1,7 @@
 """Evaluate-stage wall time for one model, split into engine start-up, the perplexity task and the
 generation task, for the vLLM and hf engines side by side in one run.
 
-    .venvs/evaluate/bin/python benchmarks/evaluate_breakdown.py [MODEL_DIR] [--limit 8]
+    .venvs/serve/bin/python benchmarks/evaluate_breakdown.py [MODEL_DIR] [--limit 8]
 
 Uses params.yaml's eval section (tasks forced to heldout_perplexity + gsm8k_local) and the demo's
 held-out split. Run from the project root.

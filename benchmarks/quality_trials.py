@@ -7,7 +7,7 @@ measured in transformers on exactly the windows the evaluate stage uses (eval.pe
 perplexity_windows over build/calibration/heldout.jsonl). The release figures come from vLLM in the
 evaluate stage; these rank recipes (transformers and vLLM agreed within ~0.5 point on this model).
 
-    .venvs/quantize/bin/python benchmarks/quality_trials.py TRIALS.yaml [--out DIR] [--only NAME,...]
+    .venvs/build/bin/python benchmarks/quality_trials.py TRIALS.yaml [--out DIR] [--only NAME,...]
 
 TRIALS.yaml: {name: {variant: {...params.yaml variant...}, calibration_sources: [uri, ...],
 sensitivity_formats: [...]}}. Needs `dvc repro calibrate sensitivity` (the base model and held-out set).

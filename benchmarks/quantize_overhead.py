@@ -4,7 +4,7 @@ printed with their ratios (goal <= 1.05 each).
 
     python benchmarks/quantize_overhead.py [--method gptq|fp8|int8] [--samples 16] [--repeat 2]
 
-Needs the demo's fetch and calibrate outputs (dvc repro calibrate). Run in the quantize environment.
+Needs the demo's fetch and calibrate outputs (dvc repro calibrate). Run in the build environment.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ same files from the local Hub server.
 
     python benchmarks/repro_overhead.py [--repeat 5] [--target STAGE] [--skip-fetch]
 
-Run from the project root with the quantize environment's bin first on PATH.
+Run from the project root with the build environment's bin first on PATH.
 """
 
 from __future__ import annotations

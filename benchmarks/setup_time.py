@@ -1,12 +1,12 @@
 """`make setup` (envs/setup) from the hash-locked files: cold, no-op, and after one lock changed, in one run.
 
-    .venvs/quantize/bin/python benchmarks/setup_time.py [--keep] [--baseline REV]
+    .venvs/build/bin/python benchmarks/setup_time.py [--keep] [--baseline REV]
 
 Works on a copy of this checkout's tracked and untracked files (not .venvs/) in a temporary folder:
 1. cold: no environments, an empty uv cache and an empty text cache (everything is downloaded from the
    package index, torch's CPU wheel from pip's find-links where the machine has one);
 2. no-op: the same command again;
-3. one lock changed (a comment appended to envs/locks/evaluate-cpu.txt): only that environment syncs.
+3. one lock changed (a comment appended to envs/locks/serve-cpu.txt): only that environment syncs.
 With --baseline REV, REV's own envs/setup (e.g. the pip-based one before the locks) also runs cold on a
 copy of REV, in the same run, for a ratio. Prints each wall time beside the CPU model and its bf16 flags.
 Goals (issue "first run"): cold <= 120 s, no-op <= 2 s.
@@ -69,11 +69,11 @@ def main() -> None:
         print(f"cold (no environments, empty uv and text caches): {cold:.1f} s (goal <= 120 s)")
         noop, out = timed_setup(project, env)
         print(f"no-op re-run: {noop:.2f} s (goal <= 2 s)")
-        with open(project / "envs/locks/evaluate-cpu.txt", "a") as lock:
+        with open(project / "envs/locks/serve-cpu.txt", "a") as lock:
             lock.write("# benchmark: a changed lock\n")
         changed, out = timed_setup(project, env)
         synced = [line for line in out.splitlines() if "syncing" in line]
-        print(f"one lock changed (evaluate-cpu): {changed:.1f} s; re-synced: "
+        print(f"one lock changed (serve-cpu): {changed:.1f} s; re-synced: "
               f"{', '.join(line.split()[1].rstrip(':') for line in synced) or 'nothing'}")
         if args.baseline:
             base = work / "baseline"

@@ -139,7 +139,7 @@ def run_vllm_probe(models: list[Path], heldout: Path, tokenizer_dir: Path, tmp_p
     docs = [json.loads(l)["text"] for l in heldout.read_text().splitlines()][:n]
     seqs = [tok(d)["input_ids"][:length] for d in docs]
     (tmp_path / "seqs.json").write_text(json.dumps(seqs))
-    python = REPO_ROOT / ".venvs" / "evaluate" / "bin" / "python"
+    python = REPO_ROOT / ".venvs" / "serve" / "bin" / "python"
     result = subprocess.run([str(python), str(Path(__file__).parent / "vllm_probe.py"), str(tmp_path / "seqs.json"),
                              *map(str, models)], capture_output=True, text=True, timeout=1500)
     line = [l for l in result.stdout.splitlines() if l.startswith("PROBE-JSON ")]

@@ -145,7 +145,7 @@ def test_vllm_and_hf_agree_on_token_perplexity(demo, tmp_path):
             "    m = evaluate_model(cfg, 'base', Path('build/base/model'), Path('build/calibration/heldout.jsonl'),\n"
             "                       out / 'results', out / 'metrics.json', out / 'plots')\n"
             "    print('HF-JSON', json.dumps(m))\n")
-    run = subprocess.run([str(project / ".venvs/evaluate/bin/python"), "-c", code, str(tmp_path / "hf")], cwd=project,
+    run = subprocess.run([str(project / ".venvs/serve/bin/python"), "-c", code, str(tmp_path / "hf")], cwd=project,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     hf = json.loads([l for l in run.stdout.splitlines() if l.startswith("HF-JSON")][0][len("HF-JSON "):])

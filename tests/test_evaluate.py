@@ -53,7 +53,7 @@ def test_heldout_task_is_a_rolling_loglikelihood_task(tmp_path):
     assert [m["metric"] for m in task["metric_list"]] == ["word_perplexity", "byte_perplexity", "bits_per_byte"]
 
 
-# --- end to end, real vLLM and lm-eval in the evaluate environment ------------------------------------------
+# --- end to end, real vLLM and lm-eval in the serve environment ------------------------------------------
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_llama_dir, tmp_path_factory):
@@ -162,7 +162,7 @@ def test_vllm_and_hf_engines_agree_within_a_tenth_of_a_percent(evaluated, tmp_pa
             "        out[engine] = evaluate_model(cfg, 'base', Path('build/base/model'),\n"
             "            Path('build/calibration/heldout.jsonl'), d / 'results', d / 'metrics.json', d / 'plots')\n"
             "    print('ENGINES-JSON', json.dumps(out))\n")
-    run = subprocess.run([str(project / ".venvs/evaluate/bin/python"), "-c", code, str(tmp_path)], cwd=project,
+    run = subprocess.run([str(project / ".venvs/serve/bin/python"), "-c", code, str(tmp_path)], cwd=project,
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads([l for l in run.stdout.splitlines() if l.startswith("ENGINES-JSON")][0][len("ENGINES-JSON "):])

@@ -63,9 +63,9 @@ def fanout(session_hub, tiny_llama_dir, tmp_path_factory, s3_endpoint):
     hand_over(prepare_dir, good_dir)
     hand_over(prepare_dir, bad_dir)
     good = run(good_dir, ".ci/release-variant", GOOD, check=False, env=ci)
-    # this runner's quantize environment is broken: its job fails, as a crash or a lost runner would
+    # this runner's build environment is broken: its job fails, as a crash or a lost runner would
     bad = run(bad_dir, ".ci/release-variant", BAD, check=False,
-              env={**ci, "QUANTBUILD_ENV_QUANTIZE": str(root / "no-such-env")})
+              env={**ci, "QUANTBUILD_ENV_BUILD": str(root / "no-such-env")})
     final_dir = runner(root, "final")
     for job in (prepare_dir, good_dir):  # the failed job uploaded nothing
         hand_over(job, final_dir)

@@ -326,7 +326,7 @@ class TestOtherClients:
         from quantbuild.hubserver._seeds import gsm8k_files
 
         hub.seed("openai/gsm8k", gsm8k_files(), repo_type="dataset")
-        python = REPO_ROOT / ".venvs" / "evaluate" / "bin" / "python"
+        python = REPO_ROOT / ".venvs" / "serve" / "bin" / "python"
         code = ("from lm_eval.tasks import TaskManager, get_task_dict\n"
                 "task = get_task_dict(['gsm8k'], TaskManager())['gsm8k']\n"
                 "docs = list(task.test_docs())\n"

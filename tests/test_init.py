@@ -51,7 +51,7 @@ def test_init_scaffolds_a_repo_then_changes_nothing_and_diff_shows_a_template_ch
     first = quantbuild("init", *DEMO_ARGS, "--methods", "gptq,int8", cwd=repo)
     assert first.returncode == 0, first.stderr
     wrote = [line.split(" ", 1)[1] for line in first.stdout.splitlines() if line.startswith("wrote ")]
-    for rel in ("dvc.yaml", "params.yaml", "Makefile", "envs/setup", "envs/locks/quantize-cpu.txt", ".ci/release",
+    for rel in ("dvc.yaml", "params.yaml", "Makefile", "envs/setup", "envs/locks/build-cpu.txt", ".ci/release",
                 ".github/workflows/release.yml", "modelcards/quantized_model.md.j2", ".quantbuild/code.yaml",
                 ".dvc/plots/heatmap.json", "README.md"):
         assert rel in wrote and (repo / rel).is_file(), rel
@@ -181,12 +181,12 @@ def test_installed_wheel_scaffolds_and_runs_a_pipeline_and_an_upgrade_reruns_onl
     # The real setup: uv builds the project's two environments from the locks init wrote (from uv's cache,
     # warm after the checkout's own setup), each importing the installed quantbuild.
     env = {**os.environ, "PATH": f"{fresh / 'bin'}:{os.environ['PATH']}:{VENV_BIN}"}
-    for var in ("QUANTBUILD_ENV_QUANTIZE", "QUANTBUILD_ENV_EVALUATE"):
+    for var in ("QUANTBUILD_ENV_BUILD", "QUANTBUILD_ENV_SERVE", "QUANTBUILD_ENV_QUANTIZE", "QUANTBUILD_ENV_EVALUATE"):
         env.pop(var, None)
     setup = subprocess.run([str(exe), "setup"], cwd=project, capture_output=True, text=True, env=env, timeout=1800)
     assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
-    assert "quantize: ready" in setup.stdout and "evaluate: ready" in setup.stdout, setup.stdout
-    linked = subprocess.run([str(project / ".venvs/quantize/bin/python"), "-c",
+    assert "build: ready" in setup.stdout and "serve: ready" in setup.stdout, setup.stdout
+    linked = subprocess.run([str(project / ".venvs/build/bin/python"), "-c",
                              "import quantbuild; print(quantbuild.__file__)"], capture_output=True, text=True,
                             cwd=tmp_path)
     assert Path(linked.stdout.strip()).resolve().parent == package.resolve(), linked.stdout + linked.stderr
@@ -211,7 +211,7 @@ def test_installed_wheel_scaffolds_and_runs_a_pipeline_and_an_upgrade_reruns_onl
                              env=env)
     assert refused.returncode == 2 and "run `quantbuild setup`" in refused.stderr, refused.stderr
     again = subprocess.run([str(exe), "setup"], cwd=project, capture_output=True, text=True, env=env)
-    assert again.returncode == 0 and "quantize: up to date" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and "build: up to date" in again.stdout, again.stdout + again.stderr
     assert ".quantbuild/code.yaml: updated" in again.stdout
     second = dvc("repro")
     ran = {line.split("'")[1].split("@")[0] for line in second.stdout.splitlines() if line.startswith("Running stage '")}
@@ -259,3 +259,23 @@ def test_a_local_model_is_named_relative_to_the_project(tmp_path):
     assert result.returncode == 0, result.stderr
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["base"]["source"] == "../models/tiny" and str(tmp_path) not in (repo / "params.yaml").read_text()
+
+
+def test_a_stage_runs_in_the_environment_of_its_role_or_one_named_by_variable(tmp_path, monkeypatch):
+    from quantbuild._codeid import render_code_file
+
+    for var in [k for k in os.environ if k.startswith("QUANTBUILD_ENV_")]:
+        monkeypatch.delenv(var)
+    (tmp_path / ".quantbuild").mkdir()
+    (tmp_path / ".quantbuild" / "code.yaml").write_text(render_code_file())
+    missing = quantbuild("stage", "select", cwd=tmp_path)
+    assert missing.returncode == 2 and "environment 'build' not found" in missing.stderr, missing.stderr
+    assert "set QUANTBUILD_ENV_BUILD" in missing.stderr
+    # An interpreter that reports how it was called stands in for a kept environment's python.
+    kept = tmp_path / "kept"
+    (kept / "bin").mkdir(parents=True)
+    (kept / "bin" / "python").write_text('#!/bin/sh\necho "ran: $*"\n')
+    (kept / "bin" / "python").chmod(0o755)
+    for var in ("QUANTBUILD_ENV_SERVE", "QUANTBUILD_ENV_EVALUATE"):  # the role's name, and the name before roles
+        ran = quantbuild("stage", "evaluate", "base", cwd=tmp_path, env={var: str(kept)})
+        assert ran.returncode == 0 and ran.stdout.strip() == "ran: -m quantbuild.stages.evaluate base", ran.stderr

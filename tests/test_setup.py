@@ -34,20 +34,20 @@ def project(tmp_path_factory) -> Path:
     # the text cache is shared with the checkout's (no download needed for this test)
     shutil.copytree(Path(os.environ.get("QUANTBUILD_TEXT_DIR", Path.home() / ".cache/quantbuild/text")),
                     dest / "text", dirs_exist_ok=True)
-    first = setup(dest, "quantize")
+    first = setup(dest, "build")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert "[setup] quantize: syncing .venvs/quantize to envs/locks/quantize-cpu.txt" in first.stdout
+    assert "[setup] build: syncing .venvs/build to envs/locks/build-cpu.txt" in first.stdout
     return dest
 
 
 def test_the_environment_is_exactly_the_lock(project):
     freeze = subprocess.run([str(project / ".venvs/.uv/bin/uv"), "pip", "freeze", "--python",
-                             str(project / ".venvs/quantize/bin/python")], capture_output=True, text=True, check=True)
+                             str(project / ".venvs/build/bin/python")], capture_output=True, text=True, check=True)
     def name(line: str) -> str:  # PEP 503 normalisation: flufl.lock == flufl-lock
         return re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
 
     installed = {name(line) for line in freeze.stdout.splitlines() if "==" in line}
-    lock = (project / "envs/locks/quantize-cpu.txt").read_text().splitlines()
+    lock = (project / "envs/locks/build-cpu.txt").read_text().splitlines()
     locked = {name(line) for line in lock if line and line[0].isalnum() and "==" in line}
     assert locked <= installed and len(locked) > 150
     assert installed - locked <= {"quantbuild"}  # this checkout, editable; nothing unlocked beside it
@@ -55,37 +55,37 @@ def test_the_environment_is_exactly_the_lock(project):
 
 def test_a_no_op_re_run_does_nothing_and_is_fast(project):
     start = time.monotonic()
-    again = setup(project, "quantize")
+    again = setup(project, "build")
     took = time.monotonic() - start
-    assert again.returncode == 0 and "[setup] quantize: up to date" in again.stdout
+    assert again.returncode == 0 and "[setup] build: up to date" in again.stdout
     assert "syncing" not in again.stdout and took < 2.0, took
 
 
 def test_a_changed_lock_re_syncs_only_its_environment(project):
-    with open(project / "envs/locks/evaluate-cpu.txt", "a") as lock:
+    with open(project / "envs/locks/serve-cpu.txt", "a") as lock:
         lock.write("# another environment's lock changed\n")
-    other = setup(project, "quantize")
-    assert "[setup] quantize: up to date" in other.stdout
-    with open(project / "envs/locks/quantize-cpu.txt", "a") as lock:
+    other = setup(project, "build")
+    assert "[setup] build: up to date" in other.stdout
+    with open(project / "envs/locks/build-cpu.txt", "a") as lock:
         lock.write("# this environment's lock changed\n")
-    mine = setup(project, "quantize")
-    assert mine.returncode == 0 and "[setup] quantize: syncing" in mine.stdout
+    mine = setup(project, "build")
+    assert mine.returncode == 0 and "[setup] build: syncing" in mine.stdout
 
 
 def test_a_hash_that_does_not_match_is_refused(project):
-    lock = project / "envs/locks/quantize-cpu.txt"
+    lock = project / "envs/locks/build-cpu.txt"
     text = lock.read_text()
     start = text.index("\nsix==")
     end = text.index("\n    # via", start)
     # every hash of one package replaced: no file of it can satisfy the lock
     lock.write_text(text[:start] + re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, text[start:end]) + text[end:])
-    uv, python = project / ".venvs/.uv/bin/uv", project / ".venvs/quantize/bin/python"
+    uv, python = project / ".venvs/.uv/bin/uv", project / ".venvs/build/bin/python"
     subprocess.run([str(uv), "pip", "uninstall", "-q", "--python", str(python), "six"], check=True)
     try:
-        refused = setup(project, "quantize")
+        refused = setup(project, "build")
         assert refused.returncode != 0
         assert "hash" in (refused.stdout + refused.stderr).lower()
-        assert not (project / ".venvs/quantize/.quantbuild-stamp").exists()  # the next run starts over
+        assert not (project / ".venvs/build/.quantbuild-stamp").exists()  # the next run starts over
     finally:
         lock.write_text(text)
-    assert setup(project, "quantize").returncode == 0
+    assert setup(project, "build").returncode == 0

@@ -15,8 +15,8 @@ import yaml
 from .conftest import REPO_ROOT
 
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
-ENV_FILES = {"quantize": {"envs/locks/quantize-cpu.txt", "envs/locks/quantize-cuda.txt"},
-             "evaluate": {"envs/locks/evaluate-cpu.txt", "envs/locks/evaluate-cuda.txt"}}
+ENV_FILES = {"build": {"envs/locks/build-cpu.txt", "envs/locks/build-cuda.txt"},
+             "serve": {"envs/locks/serve-cpu.txt", "envs/locks/serve-cuda.txt"}}
 
 
 def _stages():

@@ -1,4 +1,4 @@
-"""Run in the evaluate environment: load each model folder in vLLM (CPU) and report, for fixed token
+"""Run in the serve environment: load each model folder in vLLM (CPU) and report, for fixed token
 sequences, the top-1 next-token prediction and its log-probability at every position, plus a
 greedy continuation. Prints one JSON object. Usage: python vllm_probe.py SEQS.json MODEL_DIR..."""
 

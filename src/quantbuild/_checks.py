@@ -1,7 +1,7 @@
 """`quantbuild check` beyond params.yaml's own schema: what the pipeline will meet before any model loads.
 
 Problems (exit 2): gate metrics no task produces; lm-eval task names its registry lacks (looked up in the
-evaluate environment when it exists). Warnings: variants whose format this machine's vLLM build cannot
+serve environment when it exists). Warnings: variants whose format this machine's vLLM build cannot
 run (the evaluate stage falls back to transformers, or refuses), dvc.yaml entries a new variant lacks.
 """
 
@@ -57,8 +57,8 @@ def gate_metric_problems(params: Params) -> list[str]:
 
 
 def _evaluate_python() -> Path | None:
-    env = os.environ.get("QUANTBUILD_ENV_EVALUATE")
-    python = Path(env) / "bin" / "python" if env else Path(".venvs/evaluate/bin/python")
+    env = os.environ.get("QUANTBUILD_ENV_SERVE")
+    python = Path(env) / "bin" / "python" if env else Path(".venvs/serve/bin/python")
     return python if python.is_file() else None
 
 
@@ -70,7 +70,7 @@ def unknown_tasks(params: Params, heldout: Path = HELDOUT_FILE) -> tuple[list[st
         return [], "only built-in tasks"
     python = _evaluate_python()
     if python is None:
-        return [], "no evaluate environment to ask lm-eval's registry (make setup); the evaluate stage checks"
+        return [], "no serve environment to ask lm-eval's registry (make setup); the evaluate stage checks"
     code = "from lm_eval.tasks import TaskManager\nprint('\\n'.join(TaskManager().all_tasks))\n"
     try:
         out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300)

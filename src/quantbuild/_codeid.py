@@ -20,10 +20,20 @@ CODE_FILE = Path(".quantbuild") / "code.yaml"
 PACKAGE = Path(__file__).resolve().parent
 
 
+# The stage environments, by role (.venvs/<role>, or $QUANTBUILD_ENV_<ROLE>). Two, because llm-compressor and
+# vLLM's CPU build pin different compressed-tensors releases (envs/README.md).
+ENVIRONMENTS = {
+    "build": "torch, transformers and the quantizers: every stage but evaluate, the CLI, dvc and the tests",
+    "serve": "vLLM and lm-eval: the evaluate stage, in the engine the releases are served with",
+}
+# Their names before they were named by role; $QUANTBUILD_ENV_QUANTIZE / _EVALUATE still count.
+FORMER_ENV_NAMES = {"build": "quantize", "serve": "evaluate"}
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
-    env: str            # the environment (role) it runs in: .venvs/<env>, or $QUANTBUILD_ENV_<ENV>
+    env: str            # the environment (a role of ENVIRONMENTS) it runs in
     takes_variant: bool  # `quantbuild stage NAME VARIANT` (a foreach stage) or `quantbuild stage NAME`
 
     @property
@@ -33,16 +43,16 @@ class Stage:
 
 # dvc.yaml's stages, in pipeline order. evaluate also runs as `evaluate_base` (`quantbuild stage evaluate base`).
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("fetch", "quantize", False),
-    Stage("calibrate", "quantize", False),
-    Stage("sensitivity", "quantize", False),
-    Stage("inputs", "quantize", False),
-    Stage("quantize", "quantize", True),
-    Stage("evaluate", "evaluate", True),
-    Stage("gate", "quantize", True),
-    Stage("select", "quantize", False),
-    Stage("card", "quantize", True),
-    Stage("publish", "quantize", True),
+    Stage("fetch", "build", False),
+    Stage("calibrate", "build", False),
+    Stage("sensitivity", "build", False),
+    Stage("inputs", "build", False),
+    Stage("quantize", "build", True),
+    Stage("evaluate", "serve", True),
+    Stage("gate", "build", True),
+    Stage("select", "build", False),
+    Stage("card", "build", True),
+    Stage("publish", "build", True),
 )}
 
 

@@ -8,15 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ._codeid import CODE_FILE, PACKAGE, STAGES, recorded_id, stage_id, write_code_file
+from ._codeid import CODE_FILE, FORMER_ENV_NAMES, PACKAGE, STAGES, recorded_id, stage_id, write_code_file
 from .config import VARIANT_NAME_RE
 from .errors import ConfigError, EnvironmentSetupError
 
 
 def env_python(env: str, root: Path | None = None) -> Path:
-    """$QUANTBUILD_ENV_<ENV>/bin/python when that variable is set, else .venvs/<env>/bin/python."""
-    var = "QUANTBUILD_ENV_" + env.upper().replace("-", "_")
-    venv = Path(os.environ[var]) if os.environ.get(var) else (root or Path.cwd()) / ".venvs" / env
+    """$QUANTBUILD_ENV_<ROLE>/bin/python when that variable (or its former name's) is set, else
+    .venvs/<role>/bin/python."""
+    var = "QUANTBUILD_ENV_" + env.upper()
+    former = "QUANTBUILD_ENV_" + FORMER_ENV_NAMES.get(env, env).upper()
+    kept = os.environ.get(var) or os.environ.get(former)
+    venv = Path(kept) if kept else (root or Path.cwd()) / ".venvs" / env
     python = venv / "bin" / "python"
     if not os.access(python, os.X_OK):
         raise EnvironmentSetupError(f"environment '{env}' not found at {venv}: run `quantbuild setup` (or set {var})")

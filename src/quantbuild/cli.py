@@ -7,6 +7,7 @@ import sys
 import click
 
 from . import __version__
+from ._codeid import ENVIRONMENTS
 from ._layout import BASE_MODEL_DIR, CALIBRATION_DIR, FETCH_RECORD
 from ._stage import report
 from .errors import HubServerError, QuantbuildError
@@ -89,7 +90,7 @@ def quantize(params_path: str, variant: str) -> None:
 @params_option
 @click.argument("model", default="base")
 def evaluate(params_path: str, model: str) -> None:
-    """Evaluate the baseline (MODEL=base) or one variant (run in the evaluate environment)."""
+    """Evaluate the baseline (MODEL=base) or one variant (run in the serve environment)."""
     from . import api
 
     api.evaluate(model, params_path)
@@ -235,9 +236,10 @@ def stage_cmd(name: str, variant: str | None) -> None:
 
 
 @main.command()
-@click.argument("envs", nargs=-1)
+@click.argument("envs", nargs=-1, type=click.Choice(list(ENVIRONMENTS)))
 def setup(envs: tuple[str, ...]) -> None:
-    """Create or update the stage environments from envs/locks, and record each stage's code identity."""
+    """Create or update the stage environments (ENVS: build, serve; default both) from envs/locks, and record
+    each stage's code identity."""
     from ._runner import run_setup
 
     run_setup(list(envs))

@@ -75,7 +75,7 @@ def _has_wna16() -> bool:
 
         current_platform.import_kernels()
         return hasattr(torch.ops._C, "cpu_gemm_wna16")
-    except Exception:  # no vLLM here (e.g. `quantbuild check` in the quantize environment): judge by the ISA
+    except Exception:  # no vLLM here (e.g. `quantbuild check` in the build environment): judge by the ISA
         return vllm_cpu_library() != "_C_AVX2"
 
 
