@@ -30,13 +30,14 @@ def build_model(layers: int, shape: dict = LLAMA3_8B):
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model = model.to_empty(device="cpu").to(torch.bfloat16)
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    draw = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator(device=draw).manual_seed(0)
     with torch.no_grad():  # random weights at the init's scale: drawn on the GPU (fast), kept on the CPU
         for name, param in model.named_parameters():
             if param.dim() == 1:
                 param.fill_(1.0)
             else:
-                block = torch.empty(param.shape, dtype=torch.bfloat16, device="cuda")
+                block = torch.empty(param.shape, dtype=torch.bfloat16, device=draw)
                 param.copy_(block.normal_(0.0, 0.02, generator=gen).cpu())
                 del block
     model.config.use_cache = False

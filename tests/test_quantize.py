@@ -378,3 +378,30 @@ def test_module_losses_come_from_the_modifier_also_when_gptq_batches(tiny_llama_
     from llmcompressor.modifiers.gptq import base
 
     assert base.CompressionLogger.__name__ == "CompressionLogger"  # the library is left as it was
+
+
+def test_weights_kept_on_disk_give_the_same_checkpoint(tiny_variants, tiny_llama_dir, tiny_calibration, tmp_path):
+    """weights_device: disk (the default on GPU machines: each layer read from the checkpoint in its turn, the
+    quantized tensors written to a scratch folder) writes the same tensors as the model held in memory, and
+    leaves no scratch folder behind."""
+    import torch
+
+    variants = {"gptq-llmc": {**TINY_VARIANTS["gptq-llmc"], "weights_device": "disk"}}
+    record = quantize_variant(params_for(tiny_llama_dir, variants), "gptq-llmc", tiny_llama_dir,
+                              tiny_calibration / "calibration.jsonl", tmp_path / "v" / "model", tmp_path / "v" / "q.json")
+    on_disk, in_memory = weights(tmp_path / "v" / "model"), weights(tiny_variants["gptq-llmc"] / "model")
+    assert sorted(on_disk) == sorted(in_memory)
+    assert all(torch.equal(on_disk[k], in_memory[k]) for k in on_disk)
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["model", "q.json"]
+    assert record["bits_per_weight"] > 4
+
+
+def test_weights_on_disk_refuse_spinquant_on_tied_embeddings_before_loading(tiny_llama_dir, tiny_calibration,
+                                                                            tmp_path):
+    from quantbuild.errors import ConfigError
+
+    variants = {"levers": {**TINY_VARIANTS["levers"], "weights_device": "disk"}}
+    with pytest.raises(ConfigError, match="weights_device: disk cannot run transforms: \\[spinquant\\]"):
+        quantize_variant(params_for(tiny_llama_dir, variants), "levers", tiny_llama_dir,
+                         tiny_calibration / "calibration.jsonl", tmp_path / "v" / "model", tmp_path / "v" / "q.json")
+    assert not (tmp_path / "v" / "model").exists()

@@ -167,6 +167,10 @@ class VariantConfig:
     # llmcompressor on a GPU: where activations wait between layers. auto = on the GPU (3.3x faster
     # than llmcompressor's own default, cpu; ~17 GiB for 512 x 2048 tokens of an 8B model); cpu on OOM.
     activations_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # llmcompressor: where the weights wait for their layer's turn. auto = disk on a GPU machine (each layer is
+    # read from the checkpoint when its turn comes and written back quantized, so host memory never holds the
+    # model: an 8B job in a few GiB of host RAM), host memory on a CPU-only one; cpu = host memory always.
+    weights_device: Literal["auto", "cpu", "disk"] = "auto"
     # The quality levers (llmcompressor): the weight observer's range search, transforms applied before
     # GPTQ in the same oneshot, SmoothQuant's extra up_proj->down_proj pair, per-module formats.
     observer: Optional[str] = None

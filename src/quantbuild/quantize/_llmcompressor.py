@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from .._progress import log
+from ..errors import ConfigError
 from ._common import STAGE, LayerProgress, QuantJob, decoder_layers, no_accelerator
 
 _KV_FP8 = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
@@ -199,18 +204,108 @@ class ModuleLosses:
         self._gptq.CompressionLogger = self._original
 
 
+SHARD_SIZE = "2GB"
+
+
+def _weights_on_disk(job: QuantJob) -> bool:
+    import torch
+
+    where = job.variant.weights_device
+    if where == "cpu" or (where == "auto" and not torch.cuda.is_available()):
+        return False
+    if "spinquant" in (job.settings.get("transforms") or []) and job.model_config.get("tie_word_embeddings"):
+        # llm-compressor 0.14's SpinQuant unties the embeddings by reading the tied tensor, which its disk
+        # offload cannot hand out (KeyError in compressed-tensors' DiskCache): such a model stays in memory.
+        if where == "disk":
+            raise ConfigError([f"{job.where}.weights_device: disk cannot run transforms: [spinquant] on a model "
+                               "with tied embeddings (llm-compressor unties them in memory); use weights_device: cpu"])
+        log(STAGE, f"{job.name}: weights held in memory (SpinQuant on tied embeddings cannot read them from disk)")
+        return False
+    return True
+
+
+class GpuHessians:
+    """GPTQ's Hessian statistics (the sum of 2 x x^T over a module's inputs) on a GPU as bf16 tensor-core
+    products accumulated in fp32, instead of llm-compressor's fp32 (TF32) products, and computed once per
+    distinct input: q/k/v and gate/up read the same activations, so their product is made once and added to
+    each. The activations are bf16 already, so every product term is exact either way; only the summation order
+    differs (benchmarks/gpu_quantize_stage_8b.py prints both errors against an fp32 reference). Any other
+    input (CPU, fp32, not a Linear) goes to llm-compressor's own function."""
+
+    SHARED_BYTES = 256 * 2**20  # products up to this size are kept for the next module, which may share the input
+
+    def __enter__(self) -> "GpuHessians":
+        import torch
+        from llmcompressor.modifiers.gptq import base
+
+        self._base, self._original = base, base.accumulate_hessian
+        original, last = self._original, {}
+
+        def accumulate(inp: Any, module: Any, hessian: Any, num_samples: Any) -> tuple[Any, Any]:
+            if not (inp.is_cuda and hessian.is_cuda and inp.dtype in (torch.bfloat16, torch.float16)
+                    and isinstance(module, torch.nn.Linear) and inp.dim() in (2, 3)):
+                return original(inp, module, hessian, num_samples)
+            x = inp.reshape(-1, inp.shape[-1])
+            key = (inp.data_ptr(), tuple(inp.shape), inp._version)
+            if last.get("key") == key:
+                hessian.add_(last["product"], alpha=2.0)
+            elif hessian.numel() * 4 <= self.SHARED_BYTES:
+                last.update(key=key, product=torch.mm(x.t(), x, out_dtype=torch.float32))
+                hessian.add_(last["product"], alpha=2.0)
+            else:
+                last.clear()
+                torch.addmm(hessian, x.t(), x, out_dtype=torch.float32, alpha=2.0, out=hessian)
+            num_samples += inp.shape[0] if inp.dim() == 3 else 1
+            return hessian, num_samples
+
+        base.accumulate_hessian = accumulate
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._base.accumulate_hessian = self._original
+
+
 def run(job: QuantJob) -> None:
     import torch
-    from datasets import Dataset
-    from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _allow_cpu_only()
     _quiet_logs()
     torch.manual_seed(job.seed)
     compute = job.extras["compute_dtype"]
-    model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=compute,
-                                                 trust_remote_code=job.trust_remote_code)
+    with ExitStack() as cleanup:
+        model = _load_model(job, compute, cleanup)
+        _quantize_and_save(job, model, compute)
+
+
+def _load_model(job: QuantJob, compute: str, cleanup: ExitStack) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if not _weights_on_disk(job):
+        return AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=compute,
+                                                    trust_remote_code=job.trust_remote_code)
+    if compute != job.extras["stored_dtype"]:
+        raise ConfigError([f"{job.where}.weights_device: disk keeps the checkpoint's dtype "
+                           f"({job.extras['stored_dtype']}); set compute_dtype to it or weights_device: cpu"])
+    # compressed-tensors' disk offload: every weight stays in the checkpoint's own safetensors files until its
+    # layer is onloaded; updated (quantized) tensors go to a scratch folder beside the output, read by the save.
+    from compressed_tensors.offload import load_offloaded_model
+
+    scratch = tempfile.mkdtemp(prefix=".offload-", dir=Path(job.out_dir).parent)
+    cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+    with load_offloaded_model():
+        model = AutoModelForCausalLM.from_pretrained(
+            job.model_dir, dtype=compute, trust_remote_code=job.trust_remote_code, device_map="auto_offload",
+            max_memory={"cpu": 0}, offload_folder=scratch)
+    log(STAGE, f"{job.name}: weights read from disk layer by layer (weights_device: disk)")
+    return model
+
+
+def _quantize_and_save(job: QuantJob, model: Any, compute: str) -> None:
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(job.model_dir, trust_remote_code=job.trust_remote_code)
     recipe = build_recipe(job)
     if job.variant.method in ("gptq", "auto"):
@@ -218,10 +313,20 @@ def run(job: QuantJob) -> None:
     kwargs: dict[str, Any] = {}
     if needs_calibration(job):
         seq_len = max(len(s) for s in job.samples)
-        data = Dataset.from_dict({"input_ids": job.samples, "attention_mask": [[1] * len(s) for s in job.samples]})
+        columns: dict[str, Any] = {"input_ids": job.samples}
+        if len({len(s) for s in job.samples}) > 1:
+            # Samples of different lengths are padded in a batch and need a mask. Equal-length (packed) ones do
+            # not: without one the model applies its causal mask itself, and llm-compressor's sequential pipeline
+            # caches no mask per batch on the GPU (4 GiB for 512 x 2048 tokens).
+            columns["attention_mask"] = [[1] * len(s) for s in job.samples]
+        data = Dataset.from_dict(columns)
         kwargs = {"dataset": data, "num_calibration_samples": len(job.samples), "max_seq_length": seq_len,
                   "batch_size": job.settings.get("batch_size", 1), "shuffle_calibration_samples": False}
         if torch.cuda.is_available():
+            # Freed blocks are returned to one growable segment instead of fragmenting the cache (what
+            # nvidia-smi shows stays near what is allocated, the save included).
+            setting = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+            (setting or torch.cuda.memory._set_allocator_settings)("expandable_segments:True")
             # Activations stay on the GPU between layers and the fp32 Hessians use TF32 tensor cores:
             # GPTQ of an 8B model, 512 x 2048 tokens, 3.94 min on one H100 instead of ~12
             # (benchmarks/gpu_gptq_8b.py). `activations_device: cpu` is the switch when memory runs out.
@@ -232,7 +337,7 @@ def run(job: QuantJob) -> None:
     log(STAGE, f"{job.name}: llmcompressor {job.variant.method} on {what}")
     progress = LayerProgress(decoder_layers(model), job.name)
     try:
-        with ModuleLosses(model) as losses:
+        with ModuleLosses(model) as losses, GpuHessians():
             oneshot(model=model, recipe=recipe, **kwargs)
     finally:
         progress.close()
@@ -242,7 +347,8 @@ def run(job: QuantJob) -> None:
         # Only floating tensors are cast (integer zero points stay), so the format is the same either way.
         model.to(getattr(torch, stored))
         model.config.dtype = getattr(torch, stored)
-    model.save_pretrained(job.out_dir, save_compressed=True)
+    # Shards of at most 2 GB: the save holds one shard in host memory at a time.
+    model.save_pretrained(job.out_dir, save_compressed=True, max_shard_size=SHARD_SIZE)
     tokenizer.save_pretrained(job.out_dir)
     job.extras["module_loss"] = losses.rows or None
     job.extras["recipe_file"] = "recipe.yaml"

@@ -57,6 +57,17 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
+def _gpu_peak() -> dict[str, float]:
+    """The GPU memory the stage's process held at its peak (torch's allocator), when it used a GPU."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"gpu_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "gpu_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+
+
 def _stored_dtype(model_config: dict[str, Any]) -> str:
     return str(model_config.get("torch_dtype") or model_config.get("dtype") or "auto")
 
@@ -138,7 +149,7 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
             "base": {"path": Path(base_dir).as_posix(), "size_bytes": base_size,
                      "config_sha256": sha256_file(base_dir / "config.json")},
             "size_bytes": size, "size_ratio": round(size / base_size, 4),
-            "seconds": round(seconds, 1), "peak_rss_mb": _peak_rss_mb(),
+            "seconds": round(seconds, 1), "peak_rss_mb": _peak_rss_mb(), **_gpu_peak(),
             "module_loss": job.extras.get("module_loss"), "recipe_file": job.extras.get("recipe_file"),
             "versions": versions(),
         }
