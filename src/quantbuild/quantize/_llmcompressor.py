@@ -246,11 +246,12 @@ class GpuHessians:
                     and isinstance(module, torch.nn.Linear) and inp.dim() in (2, 3)):
                 return original(inp, module, hessian, num_samples)
             x = inp.reshape(-1, inp.shape[-1])
-            key = (inp.data_ptr(), tuple(inp.shape), inp._version)
-            if last.get("key") == key:
+            # The same tensor object, unchanged since (q/k/v are called with one; gate/up with another). Holding
+            # it keeps its memory from being reused, so a later input can never pass for it.
+            if last.get("input") is inp and last.get("version") == inp._version:
                 hessian.add_(last["product"], alpha=2.0)
             elif hessian.numel() * 4 <= self.SHARED_BYTES:
-                last.update(key=key, product=torch.mm(x.t(), x, out_dtype=torch.float32))
+                last.update(input=inp, version=inp._version, product=torch.mm(x.t(), x, out_dtype=torch.float32))
                 hessian.add_(last["product"], alpha=2.0)
             else:
                 last.clear()
@@ -258,11 +259,13 @@ class GpuHessians:
             num_samples += inp.shape[0] if inp.dim() == 3 else 1
             return hessian, num_samples
 
+        self._last = last
         base.accumulate_hessian = accumulate
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._base.accumulate_hessian = self._original
+        self._last.clear()
 
 
 def run(job: QuantJob) -> None:
