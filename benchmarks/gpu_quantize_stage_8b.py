@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import yaml
@@ -93,19 +94,11 @@ def hessian_check() -> dict[str, float] | None:
     for name, allow_tf32 in (("llmcompressor_tf32", True), ("quantbuild_bf16", False)):
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         hessian, n = torch.zeros(4096, 4096, device="cuda"), torch.zeros((), device="cuda")
-        with GpuHessians() if name.startswith("quantbuild") else _nothing():
+        with GpuHessians() if name.startswith("quantbuild") else nullcontext():
             for x in xs:
                 hessian, n = base.accumulate_hessian(x, linear, hessian, n)
         out[name] = float((hessian - ref).norm() / ref.norm())
     return out
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 class RssPoll:
