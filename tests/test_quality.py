@@ -130,11 +130,18 @@ def test_selection_follows_the_policy(tmp_path):
      "variants.a.formats.layers\\.1\\.: unknown format 'w6a16'"),
     ({"method": "auto", "max_bits_per_weight": 4.5, "candidates": ["w4a16-g64-asym", "w4a16-g32"]},
      "variants.a.candidates: w4a16-g32 is not scored by the sensitivity stage"),
-    ({"method": "fp8", "transforms": ["awq"]}, "variants.a.transforms: transforms run before GPTQ in llmcompressor"),
+    ({"method": "fp8", "transforms": ["awq"]}, "variants.a.transforms: transforms run before GPTQ or AutoRound in llmcompressor"),
     ({"method": "gptq", "backend": "llmcompressor", "transforms": ["awq", "spinquant"]},
      "variants.a.transforms: awq and spinquant do not stack"),
     ({"method": "gptq", "backend": "llmcompressor", "transforms": ["rotate"]}, "variants.a.transforms[0]: unknown transform"),
     ({"method": "awq", "smooth_down_proj": True}, "variants.a.smooth_down_proj: is a SmoothQuant mapping for method int8"),
+    ({"method": "gptq", "iters": 100}, "variants.a.iters: tuning steps apply to method autoround only"),
+    ({"method": "autoround", "iters": 0}, "variants.a.iters: 0 must be positive"),
+    ({"method": "autoround", "damp_percent": 0.1}, "variants.a.damp_percent: is GPTQ's Hessian dampening"),
+    ({"method": "autoround", "observer": "mse"}, "variants.a.observer: autoround tunes its own clipping ranges"),
+    ({"method": "autoround", "bits": 8}, "variants.a.bits: autoround cannot do 8-bit"),
+    ({"method": "autoround", "weights_device": "disk"}, "variants.a.weights_device: autoround tunes each layer in memory"),
+    ({"method": "autoround", "formats": {"layers\\.1\\.": "w8a8"}}, "variants.a.formats: per-module formats need method gptq"),
 ])
 def test_quality_levers_bad_inputs_are_one_line_errors(variant, line):
     import yaml

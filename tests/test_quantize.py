@@ -35,13 +35,17 @@ TINY_VARIANTS = {
     "mixed": {"method": "gptq", "backend": "llmcompressor", "group_size": 64, "sym": False,
               "formats": {r"layers\.1\.": "w8a8"}},
     "int8-smooth": {"method": "int8", "smooth_down_proj": True},
+    # AutoRound's tuned rounding, asymmetric (its zero points must reach the checkpoint); 4 steps on 8 samples
+    "autoround": {"method": "autoround", "group_size": 64, "sym": False, "iters": 4, "n_samples": 8},
 }
 EXPECTED_FORMAT = {"gptq-w4g64": "gptq", "gptq-llmc": "compressed-tensors", "awq-w4g64": "compressed-tensors",
                    "awq-legacy": "awq", "fp8-dynamic": "compressed-tensors", "int8-w8a8": "compressed-tensors",
-                   "levers": "compressed-tensors", "mixed": "compressed-tensors", "int8-smooth": "compressed-tensors"}
+                   "levers": "compressed-tensors", "mixed": "compressed-tensors", "int8-smooth": "compressed-tensors",
+                   "autoround": "compressed-tensors"}
 # Share of the base's linear-layer bytes each method may keep (weights + scales + zero points).
 SIZE_BOUND = {"gptq-w4g64": 0.36, "gptq-llmc": 0.36, "awq-w4g64": 0.36, "awq-legacy": 0.36,
-              "fp8-dynamic": 0.55, "int8-w8a8": 0.55, "levers": 0.36, "mixed": 0.45, "int8-smooth": 0.55}
+              "fp8-dynamic": 0.55, "int8-w8a8": 0.55, "levers": 0.36, "mixed": 0.45, "int8-smooth": 0.55,
+              "autoround": 0.36}
 
 
 def params_for(model_dir: Path, variants: dict) -> "object":
@@ -136,7 +140,7 @@ def test_each_method_and_backend_on_the_tiny_model(name, tiny_variants, tiny_lla
 
 @pytest.mark.parametrize("name,min_cosine,min_top1", [
     ("gptq-llmc", 0.98, 0.95), ("awq-w4g64", 0.98, 0.93), ("fp8-dynamic", 0.995, 0.98), ("int8-w8a8", 0.999, 0.99),
-    ("mixed", 0.98, 0.93), ("levers", 0.98, 0.93), ("int8-smooth", 0.999, 0.99),
+    ("mixed", 0.98, 0.93), ("levers", 0.98, 0.93), ("int8-smooth", 0.999, 0.99), ("autoround", 0.98, 0.93),
 ])
 def test_logits_stay_close_to_the_base(name, min_cosine, min_top1, tiny_variants, tiny_llama_dir, tiny_calibration):
     """Full next-token logits through transformers (compressed-tensors decompresses on CPU)."""
@@ -278,7 +282,7 @@ def test_tiny_variants_load_in_vllm(tiny_variants, tiny_llama_dir, tiny_calibrat
     if vllm_cpu_library() == "_C_AVX2":
         pytest.skip("vLLM loads its AVX2 kernels on this CPU: they have no W4A16 kernel (evaluate falls back)")
     bounds = {"gptq-w4g64": 0.9, "gptq-llmc": 0.9, "awq-legacy": 0.9, "fp8-dynamic": 0.97, "int8-w8a8": 0.98,
-              "levers": 0.9, "mixed": 0.9}
+              "levers": 0.9, "mixed": 0.9, "autoround": 0.9}
     probe = run_vllm_probe([tiny_llama_dir, *(tiny_variants[n] / "model" for n in bounds)],
                            tiny_calibration / "heldout.jsonl", tiny_llama_dir, tmp_path)
     base = probe[str(tiny_llama_dir)]
@@ -394,6 +398,37 @@ def test_weights_kept_on_disk_give_the_same_checkpoint(tiny_variants, tiny_llama
     assert all(torch.equal(on_disk[k], in_memory[k]) for k in on_disk)
     assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["model", "q.json"]
     assert record["bits_per_weight"] > 4
+
+
+def test_autoround_checkpoint_carries_its_zero_points(tiny_variants, tiny_llama_dir):
+    """An asymmetric AutoRound checkpoint holds AutoRound's own zero points. llm-compressor alone saves the
+    placeholder zero point 0 for every group (seen here: all 4608 zero): the groups whose range is not centred
+    are then clipped. The weights transformers decompresses stay as close to the base as plain round-to-nearest."""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    stored = weights(tiny_variants["autoround"] / "model")
+    zero_points = [unpack_from_int32(v, 4, stored[k.replace("zero_point", "scale")].shape, packed_dim=0)
+                   for k, v in stored.items() if k.endswith("weight_zero_point")]
+    nonzero = sum(int((z != 0).sum()) for z in zero_points) / sum(z.numel() for z in zero_points)
+    assert len(zero_points) == 14 and nonzero > 0.25, nonzero  # 7 linear layers x 2 decoder layers
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    tuned = dict(AutoModelForCausalLM.from_pretrained(
+        tiny_variants["autoround"] / "model", dtype=torch.float32,
+        quantization_config=CompressedTensorsConfig(run_compressed=False)).named_modules())
+    for name, module in base.named_modules():
+        if not isinstance(module, torch.nn.Linear) or ".layers." not in name:
+            continue
+        w = module.weight.detach()
+        groups = w.reshape(w.shape[0], -1, 64)
+        lo, hi = groups.amin(-1, keepdim=True).clamp(max=0), groups.amax(-1, keepdim=True).clamp(min=0)
+        scale = (hi - lo) / 15
+        zero = torch.round(-lo / scale)
+        rtn = ((torch.clamp(torch.round(groups / scale) + zero, 0, 15) - zero) * scale).reshape(w.shape)
+        error, rtn_error = (tuned[name].weight.float() - w).norm() / w.norm(), (rtn - w).norm() / w.norm()
+        assert error < 1.25 * rtn_error, (name, float(error), float(rtn_error))
 
 
 def test_weights_on_disk_refuse_spinquant_on_tied_embeddings_before_loading(tiny_llama_dir, tiny_calibration,

@@ -20,7 +20,7 @@ from .config import Params
 from .errors import CardError
 
 STAGE = "card"
-METHOD_TITLES = {"gptq": "GPTQ", "awq": "AWQ", "fp8": "FP8", "int8": "INT8", "auto": "Mixed precision (auto)"}
+METHOD_TITLES = {"gptq": "GPTQ", "awq": "AWQ", "autoround": "AutoRound", "fp8": "FP8", "int8": "INT8", "auto": "Mixed precision (auto)"}
 # Figures that are re-measured on every run (speed, timings) or set by policy rather than by the weights
 # (gate thresholds, the recommendation) sit between these markers; publish compares a release without them,
 # so a re-measured throughput or a tuned threshold never forces a new version.
@@ -110,7 +110,7 @@ def _method(record: dict[str, Any]) -> dict[str, Any]:
     s = record["settings"]
     bits = s.get("bits")
     title = METHOD_TITLES.get(record["method"], record["method"].upper())
-    if record["method"] in ("gptq", "awq"):
+    if record["method"] in ("gptq", "awq", "autoround"):
         title += f" W{bits}A16" + (f", group size {s['group_size']}" if s.get("group_size", -1) > 0 else ", per-channel")
         title += "" if s.get("sym", True) else ", asymmetric"
     elif record["method"] == "auto":
@@ -120,6 +120,7 @@ def _method(record: dict[str, Any]) -> dict[str, Any]:
     elif record["method"] == "int8":
         title += " W8A8 (SmoothQuant + GPTQ)" if s.get("scheme") == "w8a8" else f" {s.get('scheme')}"
     labels = {"bits": "Bits", "group_size": "Group size", "sym": "Symmetric", "damp_percent": "Damping",
+              "iters": "AutoRound steps per layer",
               "desc_act": "Act-order (desc_act)", "batch_size": "Calibration batch size", "scheme": "Scheme",
               "kv_cache_dtype": "KV cache dtype", "observer": "Observer (range search)", "transforms": "Transforms",
               "smoothing_strength": "SmoothQuant strength", "smooth_down_proj": "SmoothQuant up_proj -> down_proj",

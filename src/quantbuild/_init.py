@@ -186,6 +186,14 @@ def _variant_blocks(methods: list[str], group: int, why: str, layers: int) -> li
                     f"    observer: mse\n    n_samples: 32\n")
             desc = f"AWQ W4A16 asymmetric, group size {group}, MSE observer (llmcompressor)"
             labels = ["quantized", "awq", "w4a16"]
+        elif method == "autoround":
+            name = f"autoround-w4g{group}"
+            text = (f"  # AutoRound (through llm-compressor): tuned rounding and clipping, W4 asymmetric g{group}. Its 200\n"
+                    f"  # steps per layer take minutes on a GPU runner and hours on 2 CPU cores.\n"
+                    f"  {name}:\n    method: autoround\n    group_size: {group}{why}\n    sym: false\n"
+                    "    iters: 200\n    n_samples: 128\n")
+            desc = f"AutoRound W4A16 asymmetric, group size {group}, 200 steps per layer (llmcompressor)"
+            labels = ["quantized", "autoround", "w4a16"]
         elif method == "auto":
             name = "auto-4b5"
             cand = "" if group == 64 else f"    candidates: [w4a16-g{group}-asym, w8a8]\n"

@@ -13,6 +13,7 @@ METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
     "gptq": ((2, 3, 4, 8), ("gptqmodel", "llmcompressor")),
     "auto": ((4,), ("llmcompressor",)),   # per-module formats from the sensitivity stage under a bit budget
     "awq": ((4,), ("llmcompressor", "autoawq")),
+    "autoround": ((4,), ("llmcompressor",)),  # AutoRound's tuned rounding and clipping (a GPU runner's method)
     "fp8": ((8,), ("llmcompressor",)),
     "int8": ((8,), ("llmcompressor",)),
 }
@@ -25,6 +26,10 @@ COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "gptq": {"bits": 4, "group_size": 128, "sym": True, "desc_act": False, "damp_percent": 0.01, "batch_size": 1},
     "awq": {"bits": 4, "group_size": 128, "sym": False, "batch_size": 1},
+    # AutoRound (Intel, through llm-compressor's AutoRoundModifier): per layer, signed-gradient descent on the
+    # rounding offsets and clipping ranges against the layer's bf16 output; its own defaults (200 steps, 8
+    # samples a step). About 2 layer forwards and backwards per step: minutes on a GPU, hours on 2 CPU cores.
+    "autoround": {"bits": 4, "group_size": 128, "sym": True, "batch_size": 8, "iters": 200},
     "fp8": {"bits": 8, "scheme": "dynamic", "kv_cache_dtype": "auto"},
     "int8": {"bits": 8, "scheme": "w8a8", "sym": True, "damp_percent": 0.01, "batch_size": 1,
              "smoothing_strength": 0.8},
@@ -35,7 +40,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "observer": "imatrix_mse", "transforms": ["spinquant"],
              "candidates": ["w4a16-g64-asym", "w8a8"]},
 }
-LEVERS = ("observer", "transforms", "smoothing_strength", "smooth_down_proj", "formats", "max_bits_per_weight",
+LEVERS = ("iters", "observer", "transforms", "smoothing_strength", "smooth_down_proj", "formats", "max_bits_per_weight",
           "candidates", "max_predicted_kl")
 
 

@@ -150,7 +150,8 @@ class CalibrationConfig:
 
 @dataclass
 class VariantConfig:
-    method: Literal["gptq", "awq", "fp8", "int8", "auto"] = field(metadata={"help": "gptq, awq, fp8, int8 or auto"})
+    method: Literal["gptq", "awq", "autoround", "fp8", "int8", "auto"] = field(
+        metadata={"help": "gptq, awq, autoround, fp8, int8 or auto"})
     backend: Optional[str] = None
     bits: Optional[int] = None
     group_size: Optional[int] = None
@@ -163,6 +164,7 @@ class VariantConfig:
     keep: list[str] = field(default_factory=list)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     n_samples: Optional[int] = None
+    iters: Optional[int] = None       # autoround: tuning steps per decoder layer (200 by default)
     description: Optional[str] = None
     # llmcompressor on a GPU: where activations wait between layers. auto = on the GPU (3.3x faster
     # than llmcompressor's own default, cpu; ~17 GiB for 512 x 2048 tokens of an 8B model); cpu on OOM.
@@ -204,7 +206,7 @@ class VariantConfig:
             problems.add(f"{path}.group_size", "fp8 has no group size (remove the key)")
         if self.damp_percent is not None and not 0.0 < self.damp_percent < 1.0:
             problems.add(f"{path}.damp_percent", f"{self.damp_percent} must be between 0 and 1 (0.01 is typical)")
-        for key in ("batch_size", "n_samples"):
+        for key in ("batch_size", "n_samples", "iters"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 problems.add(f"{path}.{key}", f"{value} must be positive")
@@ -216,6 +218,13 @@ class VariantConfig:
                          f"choose {' or '.join(schemes)}")
         if self.kv_cache_dtype == "fp8" and self.method != "fp8":
             problems.add(f"{path}.kv_cache_dtype", "an FP8 KV cache is offered with method fp8 only (remove the key)")
+        if self.iters is not None and self.method != "autoround":
+            problems.add(f"{path}.iters", f"tuning steps apply to method autoround only, not {self.method} (remove the key)")
+        if self.method == "autoround":
+            if self.damp_percent is not None:
+                problems.add(f"{path}.damp_percent", "is GPTQ's Hessian dampening; autoround has none (remove the key)")
+            if self.weights_device == "disk":
+                problems.add(f"{path}.weights_device", "autoround tunes each layer in memory: use cpu (or auto)")
         if self.desc_act is not None and self.method != "gptq":
             problems.add(f"{path}.desc_act", f"act-order applies to gptq only, not {self.method} (remove the key)")
         if self.sym is False and self.method in ("fp8", "int8"):
@@ -256,13 +265,15 @@ class VariantConfig:
             elif not llmc:
                 problems.add(f"{path}.observer", f"observers are llmcompressor's; set backend: llmcompressor "
                              f"(not {self.resolved_backend})")
+            elif self.method == "autoround":
+                problems.add(f"{path}.observer", "autoround tunes its own clipping ranges (remove the key)")
         for i, name in enumerate(self.transforms or []):
             if name not in TRANSFORMS:
                 problems.add(f"{path}.transforms[{i}]", f"unknown transform {show(name)}"
                              f"{did_you_mean(str(name), TRANSFORMS)}; choose {' or '.join(TRANSFORMS)}")
-        if self.transforms and (self.method not in ("gptq", "auto") or not llmc):
-            problems.add(f"{path}.transforms", "transforms run before GPTQ in llmcompressor: use method gptq "
-                         "(or auto) with backend llmcompressor")
+        if self.transforms and (self.method not in ("gptq", "auto", "autoround") or not llmc):
+            problems.add(f"{path}.transforms", "transforms run before GPTQ or AutoRound in llmcompressor: use method "
+                         "gptq, auto or autoround with backend llmcompressor")
         if set(self.transforms or []) >= {"awq", "spinquant"}:
             problems.add(f"{path}.transforms", "awq and spinquant do not stack (measured worse together); pick one")
         if self.smooth_down_proj and self.method != "int8":

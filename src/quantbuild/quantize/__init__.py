@@ -36,6 +36,8 @@ register("awq", "llmcompressor", "quantbuild.quantize._llmcompressor:run", _LLMC
 register("awq", "autoawq", "quantbuild.quantize._autoawq:run", ("awq",), "quantbuild[autoawq]",
          deprecated="autoawq is deprecated upstream (its README points to llm-compressor); "
                     "use backend: llmcompressor (the default for awq)")
+register("autoround", "llmcompressor", "quantbuild.quantize._llmcompressor:run", (*_LLMC, "auto_round"),
+         "quantbuild[llmcompressor]")
 register("fp8", "llmcompressor", "quantbuild.quantize._llmcompressor:run", _LLMC, "quantbuild[llmcompressor]")
 register("auto", "llmcompressor", "quantbuild.quantize._llmcompressor:run", _LLMC, "quantbuild[llmcompressor]")
 register("int8", "llmcompressor", "quantbuild.quantize._llmcompressor:run", _LLMC, "quantbuild[llmcompressor]")

@@ -146,6 +146,14 @@ def build_recipe(job: QuantJob) -> list[Any]:
                 group["weights"]["actorder"] = "group"
         return [*_transforms(s.get("transforms") or []),
                 GPTQModifier(config_groups=groups, ignore=ignore + extra_ignore, dampening_frac=s["damp_percent"])]
+    if method == "autoround":
+        import torch
+
+        scheme = {"group_0": {"targets": ["Linear"], "weights": _weight_scheme(s["bits"], s["group_size"], s["sym"])}}
+        # torch.compile speeds the tuning loop on a GPU; on a CPU its compile time outweighs the steps saved.
+        return [*_transforms(s.get("transforms") or []),
+                _autoround_modifier()(config_groups=scheme, ignore=ignore, iters=s["iters"], batch_size=s["batch_size"],
+                                      enable_torch_compile=torch.cuda.is_available())]
     if method == "awq":
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
@@ -170,6 +178,37 @@ def build_recipe(job: QuantJob) -> list[Any]:
         recipe.append(GPTQModifier(targets="Linear", scheme=preset, ignore=ignore, dampening_frac=s["damp_percent"]))
         return recipe
     raise ValueError(method)
+
+
+def _autoround_modifier() -> Any:
+    """llm-compressor's AutoRoundModifier, which also hands AutoRound's zero points to the checkpoint.
+
+    llm-compressor 0.14 (and its main branch of 2026-08) carries AutoRound's scales into the quantized
+    layer but not its zero points: an asymmetric layer keeps the placeholder zero point (0), and the save
+    then clips every weight of a group whose minimum was below zero. AutoRound's zero point q0 in
+    [0, 2^b - 1] (w = s (q - q0), q unsigned) is compressed-tensors' q0 - 2^(b-1) (q signed)."""
+    import torch
+    from llmcompressor.modifiers.autoround import AutoRoundModifier
+
+    class AutoRoundWithZeroPoints(AutoRoundModifier):
+        def _postprocess_qparams(self, model: Any, registered: dict[str, dict[str, Any]]) -> None:
+            zero_points = {name: module.zp for name, module in model.named_modules()
+                           if isinstance(getattr(module, "zp", None), torch.Tensor)
+                           and "weight_zero_point" in registered.get(name, {})}
+            super()._postprocess_qparams(model, registered)
+            for name, zp in zero_points.items():
+                module = model.get_submodule(name)
+                del module.zp
+                scheme = getattr(module, "quantization_scheme", None)
+                if scheme is None or not hasattr(module, "weight_zero_point"):
+                    continue  # AutoRound left the layer unquantized
+                placeholder = module.weight_zero_point
+                value = zp.round().to(torch.int32) - 2 ** (scheme.weights.num_bits - 1)
+                value = value.reshape(placeholder.shape).to(placeholder.dtype).to(placeholder.device)
+                delattr(module, "weight_zero_point")
+                module.register_parameter("weight_zero_point", torch.nn.Parameter(value, requires_grad=False))
+
+    return AutoRoundWithZeroPoints
 
 
 def needs_calibration(job: QuantJob) -> bool:
@@ -213,6 +252,8 @@ def _weights_on_disk(job: QuantJob) -> bool:
     where = job.variant.weights_device
     if where == "cpu" or (where == "auto" and not torch.cuda.is_available()):
         return False
+    if job.variant.method == "autoround":
+        return False  # AutoRound moves each layer itself (config refuses an explicit disk)
     if "spinquant" in (job.settings.get("transforms") or []) and job.model_config.get("tie_word_embeddings"):
         # llm-compressor 0.14's SpinQuant unties the embeddings by reading the tied tensor, which its disk
         # offload cannot hand out (KeyError in compressed-tensors' DiskCache): such a model stays in memory.
@@ -323,8 +364,10 @@ def _quantize_and_save(job: QuantJob, model: Any, compute: str) -> None:
             # caches no mask per batch on the GPU (4 GiB for 512 x 2048 tokens).
             columns["attention_mask"] = [[1] * len(s) for s in job.samples]
         data = Dataset.from_dict(columns)
+        # AutoRound's batch_size is its own tuning batch; it is handed the captured samples one by one.
+        batch = 1 if job.variant.method == "autoround" else job.settings.get("batch_size", 1)
         kwargs = {"dataset": data, "num_calibration_samples": len(job.samples), "max_seq_length": seq_len,
-                  "batch_size": job.settings.get("batch_size", 1), "shuffle_calibration_samples": False}
+                  "batch_size": batch, "shuffle_calibration_samples": False}
         if torch.cuda.is_available():
             # Freed blocks are returned to one growable segment instead of fragmenting the cache (what
             # nvidia-smi shows stays near what is allocated, the save included).
