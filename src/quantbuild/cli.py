@@ -235,11 +235,10 @@ def stage_cmd(name: str, variant: str | None) -> None:
     exec_stage(name, variant)
 
 
-@main.command()
+@main.command(help="Create or update the stage environments ENVS (default: all) from envs/locks, and record each "
+                   "stage's code identity.\n\n" + "\n\n".join(f"{name}: {what}." for name, what in ENVIRONMENTS.items()))
 @click.argument("envs", nargs=-1, type=click.Choice(list(ENVIRONMENTS)))
 def setup(envs: tuple[str, ...]) -> None:
-    """Create or update the stage environments (ENVS: build, serve; default both) from envs/locks, and record
-    each stage's code identity."""
     from ._runner import run_setup
 
     run_setup(list(envs))
