@@ -102,7 +102,7 @@ def _config_folder(path: Path, **overrides) -> Path:
     ("not-git", "is not inside a git repository (run git init there first)"),
     ("exists", "params.yaml exists and differs (and 0 more); nothing written"),
     ("group", "no group size of 128, 64 or 32 divides the model's input widths (100, 200)"),
-    ("method", "--methods: unknown method 'gguf'; choose from gptq, auto, awq, fp8, int8"),
+    ("method", "--methods: unknown method 'gguf'; choose from gptq, auto, awq, autoround, fp8, int8"),
     ("unreachable", "--model: cannot reach http://127.0.0.1:9 for hf://org/model"),
     ("architecture", "--model: architecture 'gpt2' is not supported by quantbuild's recipes"),
     ("revision", "--revision: required for hf:// models"),
@@ -255,10 +255,15 @@ def test_a_local_model_is_named_relative_to_the_project(tmp_path):
 
     model = _config_folder(tmp_path / "models" / "tiny")
     repo = git_repo(tmp_path / "repo")
-    result = quantbuild("init", "--model", str(model), "--methods", "fp8", cwd=repo)
+    result = quantbuild("init", "--model", str(model), "--methods", "fp8,autoround", cwd=repo)
     assert result.returncode == 0, result.stderr
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["base"]["source"] == "../models/tiny" and str(tmp_path) not in (repo / "params.yaml").read_text()
+    assert params["variants"]["autoround-w4g128"] == {"method": "autoround", "group_size": 128, "sym": False,
+                                                      "iters": 200, "n_samples": 128}
+    checked = quantbuild("check", cwd=repo)  # valid, and no warning for the autoround variant
+    assert checked.returncode == 0 and checked.stdout.startswith("params.yaml: ok (2 variant(s)"), checked.stderr
+    assert "@autoround" not in checked.stdout + checked.stderr
 
 
 def test_a_stage_runs_in_the_environment_of_its_role_or_one_named_by_variable(tmp_path, monkeypatch):
