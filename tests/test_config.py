@@ -111,7 +111,7 @@ def test_calibration_source_checks():
     ({"method": "gptq", "backend": "autoawq"}, "variants.v.backend: 'autoawq' cannot run gptq"),
     ({"method": "gptq", "backend": "gptqmodl"}, "variants.v.backend: 'gptqmodl' cannot run gptq (did you mean "
      "'gptqmodel'?)"),
-    ({"method": "gptk"}, "variants.v.method: 'gptk' must be one of 'gptq', 'awq', 'fp8', 'int8', 'auto' (did you mean"),
+    ({"method": "gptk"}, "variants.v.method: 'gptk' must be one of 'gptq', 'awq', 'autoround', 'fp8', 'int8', 'auto' (did you mean"),
     ({"method": "gptq", "group_size": 100}, "variants.v.group_size: 100 is not supported"),
     ({"method": "gptq", "keep": ["self_attn.(q"]}, "variants.v.keep[0]: 'self_attn.(q' is not a valid regular"),
     ({"method": "gptq", "activations_device": "gpu"}, "variants.v.activations_device: 'gpu' must be one of 'auto', "
