@@ -184,8 +184,8 @@ def _autoround_modifier() -> Any:
     """llm-compressor's AutoRoundModifier, which also hands AutoRound's zero points to the checkpoint.
 
     llm-compressor 0.14 (and its main branch of 2026-08) carries AutoRound's scales into the quantized
-    layer but not its zero points: an asymmetric layer keeps the placeholder zero point (0), and the save
-    then clips every weight of a group whose minimum was below zero. AutoRound's zero point q0 in
+    layer but not its zero points: an asymmetric layer keeps the placeholder zero point (0), so the save
+    clips the weights of every group whose range is not centred on zero. AutoRound's zero point q0 in
     [0, 2^b - 1] (w = s (q - q0), q unsigned) is compressed-tensors' q0 - 2^(b-1) (q signed)."""
     import torch
     from llmcompressor.modifiers.autoround import AutoRoundModifier
