@@ -89,6 +89,10 @@ def unknown_tasks(params: Params, heldout: Path = HELDOUT_FILE) -> tuple[list[st
     return [], "lm-eval's registry"
 
 
+# Methods whose checkpoints hold integer weights with bf16 activations (W4A16 at 4 bits).
+WEIGHT_ONLY_METHODS = ("gptq", "awq", "autoround")
+
+
 def kernel_warnings(params: Params) -> list[str]:
     from ._hardware import compute_dtype, cuda_available
     from ._methods import DEFAULTS
@@ -102,7 +106,7 @@ def kernel_warnings(params: Params) -> list[str]:
     out = []
     for name, v in params.variants.items():
         bits = v.bits or DEFAULTS[v.method].get("bits")
-        four_bit = v.method == "auto" or (v.method in ("gptq", "awq", "autoround") and bits == 4)
+        four_bit = v.method == "auto" or (v.method in WEIGHT_ONLY_METHODS and bits == 4)
         gflops = fp8_gemm_gflops() if v.method == "fp8" else None
         if gflops is not None and gflops < FP8_MIN_GFLOPS:
             out.append(f"evaluate@{name}: this CPU's FP8 GEMM is oneDNN's reference kernel ({gflops:.2f} "
@@ -115,7 +119,7 @@ def kernel_warnings(params: Params) -> list[str]:
             continue
         if library == "_C_AVX2":
             why = f"vLLM loads its AVX2 kernels here ({library}), which have no W4A16 kernel"
-        elif v.method in ("gptq", "awq", "autoround") and (v.group_size or DEFAULTS[v.method].get("group_size")) == -1:
+        elif v.method in WEIGHT_ONLY_METHODS and (v.group_size or DEFAULTS[v.method].get("group_size")) == -1:
             why = "vLLM's CPU W4A16 kernel cannot repack channel-wise weights (group_size -1)"
         elif dtype not in ("bfloat16", "float16"):
             why = f"evaluation computes in {dtype} here (no native bf16) and vLLM's CPU W4A16 kernel takes bf16/fp16 only"
