@@ -142,6 +142,14 @@ def test_selection_follows_the_policy(tmp_path):
     ({"method": "autoround", "bits": 8}, "variants.a.bits: autoround cannot do 8-bit"),
     ({"method": "autoround", "weights_device": "disk"}, "variants.a.weights_device: autoround tunes each layer in memory"),
     ({"method": "autoround", "formats": {"layers\\.1\\.": "w8a8"}}, "variants.a.formats: per-module formats need method gptq"),
+    # keys a method would otherwise take and ignore
+    ({"method": "fp8", "observer": "mse"}, "variants.a.observer: observers size 4-bit weights"),
+    ({"method": "int8", "observer": "mse"}, "variants.a.observer: observers size 4-bit weights"),
+    ({"method": "int8", "group_size": 64}, "variants.a.group_size: int8 scales weights per output channel"),
+    ({"method": "awq", "damp_percent": 0.1}, "variants.a.damp_percent: is GPTQ's Hessian dampening; awq has none"),
+    ({"method": "fp8", "damp_percent": 0.1}, "variants.a.damp_percent: is GPTQ's Hessian dampening; fp8 has none"),
+    ({"method": "fp8", "n_samples": 64}, "variants.a.n_samples: fp8 dynamic reads no calibration data"),
+    ({"method": "fp8", "batch_size": 4}, "variants.a.batch_size: fp8 dynamic reads no calibration data"),
 ])
 def test_quality_levers_bad_inputs_are_one_line_errors(variant, line):
     import yaml

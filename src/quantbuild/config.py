@@ -202,8 +202,16 @@ class VariantConfig:
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             problems.add(f"{path}.group_size", f"{self.group_size} is not supported "
                          f"(use {', '.join(map(str, GROUP_SIZES))}; -1 means per-channel)")
-        if self.group_size is not None and self.method in ("fp8",):
-            problems.add(f"{path}.group_size", "fp8 has no group size (remove the key)")
+        if self.group_size is not None and self.method in ("fp8", "int8"):
+            problems.add(f"{path}.group_size", f"{self.method} scales weights per output channel: it has no group size "
+                         "(remove the key)")
+        if self.damp_percent is not None and self.method in ("awq", "autoround", "fp8"):
+            problems.add(f"{path}.damp_percent", f"is GPTQ's Hessian dampening; {self.method} has none (remove the key)")
+        if self.method == "fp8" and self.scheme != "static" and self.kv_cache_dtype != "fp8":
+            for key in ("n_samples", "batch_size"):
+                if getattr(self, key) is not None:
+                    problems.add(f"{path}.{key}", "fp8 dynamic reads no calibration data (remove the key; scheme: static "
+                                 "or kv_cache_dtype: fp8 calibrate)")
         if self.damp_percent is not None and not 0.0 < self.damp_percent < 1.0:
             problems.add(f"{path}.damp_percent", f"{self.damp_percent} must be between 0 and 1 (0.01 is typical)")
         for key in ("batch_size", "n_samples", "iters"):
@@ -221,8 +229,6 @@ class VariantConfig:
         if self.iters is not None and self.method != "autoround":
             problems.add(f"{path}.iters", f"tuning steps apply to method autoround only, not {self.method} (remove the key)")
         if self.method == "autoround":
-            if self.damp_percent is not None:
-                problems.add(f"{path}.damp_percent", "is GPTQ's Hessian dampening; autoround has none (remove the key)")
             if self.weights_device == "disk":
                 problems.add(f"{path}.weights_device", "autoround tunes each layer in memory: use cpu (or auto)")
         if self.desc_act is not None and self.method != "gptq":
@@ -267,6 +273,9 @@ class VariantConfig:
                              f"(not {self.resolved_backend})")
             elif self.method == "autoround":
                 problems.add(f"{path}.observer", "autoround tunes its own clipping ranges (remove the key)")
+            elif self.method in ("fp8", "int8"):
+                problems.add(f"{path}.observer", f"observers size 4-bit weights (gptq, auto, awq); {self.method} takes "
+                             "per-channel min-max scales (remove the key)")
         for i, name in enumerate(self.transforms or []):
             if name not in TRANSFORMS:
                 problems.add(f"{path}.transforms[{i}]", f"unknown transform {show(name)}"

@@ -82,6 +82,12 @@ def _default_format(s: dict[str, Any]):
     return Format(name, s["bits"], group, s["sym"], None, "wna16" if s["bits"] == 4 else None)
 
 
+def _one_group(s: dict[str, Any]) -> dict[str, Any]:
+    """One config group: every Linear at the variant's bits, group size, symmetry and observer."""
+    return {"group_0": {"targets": ["Linear"],
+                        "weights": _weight_scheme(s["bits"], s["group_size"], s["sym"], s.get("observer"))}}
+
+
 def config_groups(job: QuantJob) -> tuple[dict[str, Any], list[str]]:
     """compressed-tensors config groups, one per format, targeting exactly its modules (one group of
     every Linear when all share the variant's format), and the extra modules left unquantized (bf16)."""
@@ -149,7 +155,7 @@ def build_recipe(job: QuantJob) -> list[Any]:
     if method == "autoround":
         import torch
 
-        scheme = {"group_0": {"targets": ["Linear"], "weights": _weight_scheme(s["bits"], s["group_size"], s["sym"])}}
+        scheme = _one_group(s)
         # torch.compile speeds the tuning loop on a GPU; on a CPU its compile time outweighs the steps saved.
         return [*_transforms(s.get("transforms") or []),
                 _autoround_modifier()(config_groups=scheme, ignore=ignore, iters=s["iters"], batch_size=s["batch_size"],
@@ -157,9 +163,7 @@ def build_recipe(job: QuantJob) -> list[Any]:
     if method == "awq":
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
-        scheme = {"group_0": {"targets": ["Linear"],
-                              "weights": _weight_scheme(s["bits"], s["group_size"], s["sym"], s.get("observer"))}}
-        return [AWQModifier(), QuantizationModifier(config_groups=scheme, ignore=ignore)]
+        return [AWQModifier(), QuantizationModifier(config_groups=_one_group(s), ignore=ignore)]
     if method == "fp8":
         kv = _KV_FP8 if s.get("kv_cache_dtype") == "fp8" else None
         preset = "FP8_DYNAMIC" if s["scheme"] == "dynamic" else "FP8"
