@@ -384,6 +384,57 @@ def test_module_losses_come_from_the_modifier_also_when_gptq_batches(tiny_llama_
     assert base.CompressionLogger.__name__ == "CompressionLogger"  # the library is left as it was
 
 
+def test_packed_samples_calibrate_through_fused_attention(tiny_llama_dir, tiny_calibration):
+    """llm-compressor forces eager attention for calibration; for packed samples (one length, no mask) the
+    stage lets SDPA run, with no mask, i.e. its fused causal kernel (the GPU path). Checked on the CPU with
+    the pinned library: if it renames what the stage sets aside, this fails instead of the speed-up silently
+    going away; the GPTQ losses stay those of eager attention."""
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from llmcompressor.utils import helpers
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from quantbuild.quantize._common import load_samples
+    from quantbuild.quantize._llmcompressor import ModuleLosses, _allow_cpu_only, fused_attention_for_packed_samples
+
+    _allow_cpu_only()
+    samples = load_samples(tiny_calibration / "calibration.jsonl", 4)
+    assert len({len(s) for s in samples}) == 1  # packed
+    sdpa, masks = ALL_ATTENTION_FUNCTIONS["sdpa"], []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        masks.append(attention_mask)
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    losses_by_path = {}
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = spy
+    try:
+        for fused in (False, True):
+            masks.clear()
+            model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+            with ModuleLosses(model) as losses, fused_attention_for_packed_samples(fused):
+                oneshot(model=model, recipe=[GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])],
+                        dataset=Dataset.from_dict({"input_ids": samples}), num_calibration_samples=len(samples),
+                        max_seq_length=len(samples[0]), shuffle_calibration_samples=False)
+            calls = len(masks)
+            losses_by_path[fused] = {row["module"]: row["loss"] for row in losses.rows}
+            if fused:  # every layer, calibration and propagation, through SDPA without a mask
+                layers = model.config.num_hidden_layers
+                assert calls == 2 * layers * len(samples) and all(m is None for m in masks), (calls, masks[:2])
+            else:
+                assert calls == 0  # the library's own path: eager attention
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa
+    assert helpers.use_eager_attention.__name__ == "use_eager_attention"  # the library is left as it was
+    eager, fused_losses = losses_by_path[False], losses_by_path[True]
+    assert eager.keys() == fused_losses.keys() and eager
+    for name, loss in eager.items():  # float32: the two attentions agree to rounding
+        assert abs(fused_losses[name] - loss) <= 1e-3 * loss + 1e-9, (name, loss, fused_losses[name])
+
+
 def test_weights_kept_on_disk_give_the_same_checkpoint(tiny_variants, tiny_llama_dir, tiny_calibration, tmp_path):
     """weights_device: disk (the default on GPU machines: each layer read from the checkpoint in its turn, the
     quantized tensors written to a scratch folder) writes the same tensors as the model held in memory, and

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .._progress import log
 from ..errors import ConfigError
@@ -313,6 +314,29 @@ class GpuHessians:
         self._last.clear()
 
 
+@contextlib.contextmanager
+def fused_attention_for_packed_samples(active: bool) -> Iterator[None]:
+    """Calibrate with the model's own attention (SDPA) instead of the eager attention llm-compressor forces.
+
+    llm-compressor 0.14 forces eager attention for tracing and calibration alike, so that a batch of padded
+    samples always gets a mask tensor the traced graph can add. Packed samples of one length carry no mask:
+    tracing and every batch then see the same (no mask), and SDPA runs its fused causal kernel. One 8B
+    decoder layer over 512 x 2048 tokens on an H200: 0.90 s forward against 1.46 s eager, twice per layer
+    (calibration, then propagation of the quantized outputs). Only where CUDA is: on a CPU the demo's
+    checkpoints were measured with eager attention and stay byte-identical."""
+    if not active:
+        yield
+        return
+    from llmcompressor.utils import helpers
+
+    original = helpers.use_eager_attention
+    helpers.use_eager_attention = lambda model: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        helpers.use_eager_attention = original
+
+
 def run(job: QuantJob) -> None:
     import torch
 
@@ -387,7 +411,9 @@ def _quantize_and_save(job: QuantJob, model: Any, compute: str) -> None:
     log(STAGE, f"{job.name}: llmcompressor {job.variant.method} on {what}")
     progress = LayerProgress(decoder_layers(model), job.name)
     try:
-        with ModuleLosses(model) as losses, GpuHessians():
+        packed = bool(kwargs) and "attention_mask" not in kwargs["dataset"].column_names
+        with ModuleLosses(model) as losses, GpuHessians(), \
+                fused_attention_for_packed_samples(packed and torch.cuda.is_available()):
             oneshot(model=model, recipe=recipe, **kwargs)
     finally:
         progress.close()
