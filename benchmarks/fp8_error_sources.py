@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from quality_trials import window_perplexity  # noqa: E402  the same scoring as the quality trials
 BASE, HELDOUT, CALIB = ROOT / "build/base/model", ROOT / "build/calibration/heldout.jsonl", ROOT / "build/calibration/calibration.jsonl"
 KEEP = ["lm_head", "re:.*layers\\.(29|0)\\.mlp\\..*"]
 RECIPES = ("ref", "wonly", "act_g64", "w_g64", "mse", "gptq")
@@ -74,16 +75,7 @@ def main() -> None:
     windows = domain_windows(HELDOUT, tokenizer, 512, 8)
 
     def perplexity(model) -> dict[str, float]:
-        out = {}
-        with torch.no_grad():
-            for domain, seqs in sorted(windows.items()):
-                total, count = 0.0, 0
-                for seq in seqs:
-                    logits = model(torch.tensor([seq])).logits[0, :-1].float()
-                    total -= float(torch.log_softmax(logits, -1).gather(1, torch.tensor(seq[1:])[:, None]).sum())
-                    count += len(seq) - 1
-                out[domain] = math.exp(total / count)
-        return out
+        return window_perplexity(model, windows)
 
     base = perplexity(AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.bfloat16).eval())
     texts = [json.loads(line)["text"] for line in CALIB.open()][:64]

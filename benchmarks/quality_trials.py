@@ -38,8 +38,16 @@ def score(model_dir: Path, heldout: Path, window: int, windows: int) -> dict[str
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    return window_perplexity(model, domain_windows(heldout, tokenizer, window, windows))
+
+
+def window_perplexity(model, windows_by_domain: dict[str, list[list[int]]]) -> dict[str, float]:
+    """Token perplexity per domain of an already loaded model over fixed windows (every token after a
+    window's first scored), as the evaluate stage measures it."""
+    import torch
+
     out = {}
-    for domain, seqs in sorted(domain_windows(heldout, tokenizer, window, windows).items()):
+    for domain, seqs in sorted(windows_by_domain.items()):
         total, count = 0.0, 0
         with torch.no_grad():
             for seq in seqs:
