@@ -56,8 +56,9 @@ def write_project(work: Path, shape: str, layers: int, samples: int, seq_len: in
     params = {"base": {"source": "build/base/model", "dtype": "bfloat16"},
               "calibration": {"n_samples": samples, "seq_len": seq_len},
               "variants": {VARIANT: {"method": "gptq", "backend": "llmcompressor", "bits": 4, "group_size": 128,
-                                     "sym": True, "n_samples": samples, "weights_device": weights_device,
-                                     "batch_size": batch_size}}}
+                                     "sym": True, "n_samples": samples, "weights_device": weights_device}}}
+    if batch_size is not None:
+        params["variants"][VARIANT]["batch_size"] = batch_size
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     inputs = project / "build/inputs" / VARIANT
     inputs.mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     parser.add_argument("--weights-device", default="auto", choices=["auto", "cpu", "disk"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/quantbuild-stage-8b"))
-    parser.add_argument("--batch-size", type=int, default=1, help="the variant's batch_size (calibration batches)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="the variant's batch_size (calibration batches); unset: the stage's choice")
     parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from quantbuild._hardware import cpu_info
@@ -189,8 +191,9 @@ def main() -> None:
     shards = sorted((project / "build/variants" / VARIANT / "model").glob("*.safetensors"))
     info = {"benchmark": "gpu_quantize_stage_8b", "shape": args.shape, "layers": args.layers,
             "samples": args.samples, "seq_len": args.seq_len, "weights_device": args.weights_device,
-            "stage_wall_s": round(wall, 1), "quantize_s": record["seconds"],
-            "batch_size": args.batch_size, "host_peak_rss_gib": round(record["peak_rss_mb"] / 1024, 2),
+            "stage_wall_s": round(wall, 1), "quantize_s": record["seconds"], "phases_s": record.get("phases_s"),
+            "batch_size": record["settings"]["batch_size"], "disk_offload": record.get("disk_offload"),
+            "host_peak_rss_gib": round(record["peak_rss_mb"] / 1024, 2),
             "host_rss_polled_peak_gib": rss.peak, "host_rss_timeline_s_anon_file": rss.timeline,
             "gpu_peak_allocated_gib": record.get("gpu_peak_allocated_gib"),
             "gpu_peak_reserved_gib": record.get("gpu_peak_reserved_gib"),

@@ -134,3 +134,17 @@ def test_check_warns_up_front_about_a_channelwise_4bit_variant():
     data["variants"] = {"w4-channel": {"method": "gptq", "backend": "llmcompressor", "group_size": -1}}
     warnings = kernel_warnings(parse_params(data))
     assert len(warnings) == 1 and warnings[0].startswith("evaluate@w4-channel: ") and "transformers" in warnings[0]
+
+
+def test_calibration_batch_size_left_to_the_stage():
+    """batch_size unset: one sample at a time on a CPU or for padded samples; on a GPU packed samples go
+    32768 tokens a batch, never more samples than there are."""
+    from quantbuild._hardware import calibration_batch_size
+
+    assert calibration_batch_size([2048] * 512, on_gpu=True)[0] == 16
+    assert calibration_batch_size([512] * 16, on_gpu=True)[0] == 16
+    assert calibration_batch_size([512] * 128, on_gpu=True)[0] == 64
+    assert calibration_batch_size([65536] * 4, on_gpu=True)[0] == 1
+    assert calibration_batch_size([2048] * 512, on_gpu=False) == (1, "one sample at a time on a CPU")
+    size, why = calibration_batch_size([2048, 2000], on_gpu=True)
+    assert size == 1 and "padded" in why

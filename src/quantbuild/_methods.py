@@ -24,19 +24,21 @@ TRANSFORMS = ("awq", "spinquant")
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "gptq": {"bits": 4, "group_size": 128, "sym": True, "desc_act": False, "damp_percent": 0.01, "batch_size": 1},
-    "awq": {"bits": 4, "group_size": 128, "sym": False, "batch_size": 1},
+    # batch_size "auto": the quantize stage picks it (_hardware.calibration_batch_size: 1 on a CPU, 32768 tokens a
+    # batch on a GPU) and records the number it used.
+    "gptq": {"bits": 4, "group_size": 128, "sym": True, "desc_act": False, "damp_percent": 0.01, "batch_size": "auto"},
+    "awq": {"bits": 4, "group_size": 128, "sym": False, "batch_size": "auto"},
     # AutoRound (Intel, through llm-compressor's AutoRoundModifier): per layer, signed-gradient descent on the
     # rounding offsets and clipping ranges against the layer's bf16 output; its own defaults (200 steps, 8
     # samples a step). About 2 layer forwards and backwards per step: minutes on a GPU, hours on 2 CPU cores.
     "autoround": {"bits": 4, "group_size": 128, "sym": True, "batch_size": 8, "iters": 200},
     "fp8": {"bits": 8, "scheme": "dynamic", "kv_cache_dtype": "auto"},
-    "int8": {"bits": 8, "scheme": "w8a8", "sym": True, "damp_percent": 0.01, "batch_size": 1,
+    "int8": {"bits": 8, "scheme": "w8a8", "sym": True, "damp_percent": 0.01, "batch_size": "auto",
              "smoothing_strength": 0.8},
     # SpinQuant rotations, then GPTQ W4 asym g64 with imatrix_mse, the most sensitive units at W8A8 (the
     # only 8-bit format vLLM CPU runs) within the budget: the best measured here (README "Measured here");
     # AWQ in place of the rotation costs ~30 min on 2 cores (transforms: [awq] on a GPU runner).
-    "auto": {"bits": 4, "group_size": 64, "sym": False, "damp_percent": 0.01, "batch_size": 1,
+    "auto": {"bits": 4, "group_size": 64, "sym": False, "damp_percent": 0.01, "batch_size": "auto",
              "observer": "imatrix_mse", "transforms": ["spinquant"],
              "candidates": ["w4a16-g64-asym", "w8a8"]},
 }

@@ -24,7 +24,8 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9
 MODEL_SCHEMES = ("hf://", "pkg://", "file://")
 BUILTIN_TEXTS = ("lee-news", "wikipedia", "pydoc-topics")
 
-from ._methods import COMPUTE_DTYPES, GROUP_SIZES, METHODS, OBSERVERS, RESERVED_NAMES, TRANSFORMS  # noqa: E402,F401
+from ._methods import (COMPUTE_DTYPES, DEFAULTS, GROUP_SIZES, METHODS, OBSERVERS, RESERVED_NAMES,  # noqa: E402,F401
+                       TRANSFORMS)
 
 
 def model_source_kind(source: str) -> str:
@@ -202,10 +203,10 @@ class VariantConfig:
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             problems.add(f"{path}.group_size", f"{self.group_size} is not supported "
                          f"(use {', '.join(map(str, GROUP_SIZES))}; -1 means per-channel)")
-        if self.group_size is not None and self.method in ("fp8", "int8"):
+        if self.group_size is not None and "group_size" not in DEFAULTS[self.method]:  # fp8, int8
             problems.add(f"{path}.group_size", f"{self.method} scales weights per output channel: it has no group size "
                          "(remove the key)")
-        if self.damp_percent is not None and self.method in ("awq", "autoround", "fp8"):
+        if self.damp_percent is not None and "damp_percent" not in DEFAULTS[self.method]:  # awq, autoround, fp8
             problems.add(f"{path}.damp_percent", f"is GPTQ's Hessian dampening; {self.method} has none (remove the key)")
         if self.method == "fp8" and self.scheme != "static" and self.kv_cache_dtype != "fp8":
             for key in ("n_samples", "batch_size"):

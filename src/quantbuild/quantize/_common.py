@@ -103,6 +103,7 @@ class LayerProgress:
     def __init__(self, layers: list[Any], what: str):
         self.total, self.what = len(layers), what
         self.start = time.monotonic()
+        self.first_layer_at: float | None = None  # when real calibration data first reached a block
         self.seen: set[int] = set()
         self.passes = 1  # methods such as SmoothQuant + GPTQ walk the layers more than once
         self.handles = [layer.register_forward_pre_hook(self._hook(i), with_kwargs=True)
@@ -113,8 +114,10 @@ class LayerProgress:
             import torch
 
             hidden = args[0] if args else kwargs.get("hidden_states")
-            if not isinstance(hidden, torch.Tensor):
-                return None  # tracing passes proxies through; only real calibration counts
+            if not isinstance(hidden, torch.Tensor) or hidden.is_meta:
+                return None  # tracing passes proxies (or meta tensors) through; only real calibration counts
+            if self.first_layer_at is None:
+                self.first_layer_at = time.monotonic()
             if index == 0 and len(self.seen) > 1:  # back at the first layer: a new pass begins
                 self.passes += 1
                 self.seen.clear()

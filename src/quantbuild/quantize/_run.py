@@ -116,6 +116,12 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
     extras.update(compute_dtype=compute, stored_dtype=stored)
     log(STAGE, f"{name}: computing in {compute} ({why}); weights saved as {stored}")
     samples = load_samples(calib_path, variant.n_samples) if uses_calibration else []
+    if settings.get("batch_size") == "auto":
+        from .._hardware import calibration_batch_size
+
+        settings["batch_size"], batch_why = calibration_batch_size([len(s) for s in samples])
+        if samples:
+            log(STAGE, f"{name}: calibration batches of {settings['batch_size']} ({batch_why})")
     seed = params.calibration.seed
     start = time.monotonic()
     with atomic_outputs(out_model, out_record, field=f"quantize@{name} output") as (staging, record_tmp):
@@ -149,7 +155,8 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
             "base": {"path": Path(base_dir).as_posix(), "size_bytes": base_size,
                      "config_sha256": sha256_file(base_dir / "config.json")},
             "size_bytes": size, "size_ratio": round(size / base_size, 4),
-            "seconds": round(seconds, 1), "peak_rss_mb": _peak_rss_mb(), **_gpu_peak(),
+            "seconds": round(seconds, 1), "phases_s": job.extras.get("phases_s"),
+            "disk_offload": job.extras.get("disk_offload"), "peak_rss_mb": _peak_rss_mb(), **_gpu_peak(),
             "module_loss": job.extras.get("module_loss"), "recipe_file": job.extras.get("recipe_file"),
             "versions": versions(),
         }
