@@ -192,7 +192,7 @@ def main() -> None:
     info = {"benchmark": "gpu_quantize_stage_8b", "shape": args.shape, "layers": args.layers,
             "samples": args.samples, "seq_len": args.seq_len, "weights_device": args.weights_device,
             "stage_wall_s": round(wall, 1), "quantize_s": record["seconds"], "phases_s": record.get("phases_s"),
-            "batch_size": record["settings"]["batch_size"], "disk_offload": record.get("disk_offload"),
+            "batch_size": record["settings"]["batch_size"],
             "host_peak_rss_gib": round(record["peak_rss_mb"] / 1024, 2),
             "host_rss_polled_peak_gib": rss.peak, "host_rss_timeline_s_anon_file": rss.timeline,
             "gpu_peak_allocated_gib": record.get("gpu_peak_allocated_gib"),

@@ -449,10 +449,6 @@ def test_weights_kept_on_disk_give_the_same_checkpoint(tiny_variants, tiny_llama
     assert all(torch.equal(on_disk[k], in_memory[k]) for k in on_disk)
     assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["model", "q.json"]
     assert record["bits_per_weight"] > 4
-    # The disk traffic overlapped the work: layer 1's tensors were read while layer 0 ran (7 Linear weights and
-    # 2 norms), and every updated tensor (7 weights, scales and zero points per layer) was written behind.
-    assert record["disk_offload"]["read_ahead"] == 9, record["disk_offload"]
-    assert record["disk_offload"]["written_behind"] == 2 * 7 * 3, record["disk_offload"]
 
 
 def test_autoround_checkpoint_carries_its_zero_points(tiny_variants, tiny_llama_dir):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -339,143 +337,6 @@ def fused_attention_for_packed_samples(active: bool) -> Iterator[None]:
         helpers.use_eager_attention = original
 
 
-class OverlappedDiskOffload:
-    """Weights kept on disk (weights_device: disk) without the stage waiting on the disk. compressed-tensors 0.19
-    reads each offloaded tensor from its safetensors file when its layer first runs, and GPTQ's updated tensors
-    are saved one by one inside the solve: in the 8B stage ~17 s of reads and ~14 s of writes on the critical path
-    (py-spy, benchmarks/gpu_quantize_stage_8b.py). Here, when decoder layer i first sees calibration data, a
-    thread reads layer i+1's tensors into (pinned) host memory; an updated tensor is copied to host memory at
-    once and written by a thread while the next work runs. A read of a file waits for its pending write, and the
-    context ends only when every write is on disk, so the save reads exactly what GPTQ wrote."""
-
-    def __init__(self, layers: list[Any], active: bool) -> None:
-        self.layers, self.active = layers, active
-        self.reads: dict[Any, tuple[str, Future]] = {}  # offloaded (meta) tensor -> its file, its host copy
-        self.writes: dict[str, Future] = {}  # file -> its pending save
-        self.handles: list[Any] = []
-        self.counts = {"read_ahead": 0, "read_on_demand": 0, "written_behind": 0}
-
-    def __enter__(self) -> "OverlappedDiskOffload":
-        if not self.active:
-            return self
-        import torch
-        from compressed_tensors.offload.cache.disk import DiskCache
-        from compressed_tensors.offload.utils import send_tensors, to_tensor
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
-        self._cache_cls = DiskCache
-        self._originals = {name: DiskCache.__dict__[name] for name in ("onload", "offload", "update_offload",
-                                                                      "__delitem__")}
-        original = self._originals
-        pool = self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="quantbuild-offload")
-        reads, writes, index = self.reads, self.writes, DiskCache.index
-        pin = torch.cuda.is_available()
-
-        def read(path: str, name: str) -> Any:
-            with safe_open(path, framework="pt", device="cpu") as file:
-                tensor = file.get_tensor(name)
-            return tensor.pin_memory() if pin else tensor
-
-        def settle(offloaded: Any) -> None:
-            """Nothing pending on this tensor's file: its read discarded, its write finished."""
-            stale = reads.pop(offloaded, None)
-            if stale is not None:
-                stale[1].result()
-            info = index.get(offloaded)
-            if info is not None and info["safetensors_file"] in writes:
-                writes.pop(info["safetensors_file"]).result()
-
-        def onload(cache: Any, offloaded: Any) -> Any:
-            if offloaded is None:
-                return None
-            ahead = reads.pop(offloaded, None)
-            settle(offloaded)
-            info = index[offloaded]
-            if ahead is None or ahead[0] != info["safetensors_file"]:
-                self.counts["read_on_demand"] += 1
-                return original["onload"](cache, offloaded)
-            self.counts["read_ahead"] += 1
-            tensor = ahead[1].result().to(cache.onload_device, non_blocking=True)
-            return to_tensor(tensor, offloaded).to(getattr(torch, info["dtype"]))
-
-        def offload(cache: Any, tensor: Any, offloaded: Any = None) -> Any:
-            if tensor is not None and tensor.device.type != "meta":
-                # The new file's name comes from the meta tensor's id, which a dropped tensor's pending write may
-                # still use: made here so that the write can be waited for first.
-                offloaded = send_tensors(tensor, device="meta") if offloaded is None else offloaded
-                settle(offloaded)
-                path = cache._get_ct_file_path(cache.offload_dir, offloaded)
-                if path in writes:
-                    writes.pop(path).result()
-            return original["offload"](cache, tensor, offloaded)
-
-        def update_offload(cache: Any, offloaded: Any, data: Any) -> None:
-            settle(offloaded)
-            info = index[offloaded]
-            path = info["safetensors_file"]
-            if os.path.islink(path):  # still the base checkpoint's tensor: the update gets its own file
-                if not cache._is_ct_file_path(path):
-                    raise RuntimeError(f"refusing to replace {path}: not a file of the offload folder")
-                os.unlink(path)
-            host = data.reshape_as(offloaded).to(dtype=getattr(torch, info["dtype"])).to("cpu", copy=True)
-            writes[path] = pool.submit(save_file, {info["weight_name"]: host.contiguous()}, path)
-            self.counts["written_behind"] += 1
-
-        def delitem(cache: Any, key: Any) -> None:
-            offloaded = cache.offloaded_values.get(key)
-            if offloaded is not None:
-                settle(offloaded)
-            original["__delitem__"](cache, key)
-
-        for name, function in (("onload", onload), ("offload", offload), ("update_offload", update_offload),
-                               ("__delitem__", delitem)):
-            setattr(DiskCache, name, function)
-        self.handles = [layer.register_forward_pre_hook(self._read_ahead(i), with_kwargs=True)
-                        for i, layer in enumerate(self.layers)]
-        self._read = read
-        return self
-
-    def _read_ahead(self, index: int):
-        def hook(module: Any, args: Any, kwargs: Any) -> None:
-            import torch
-
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            if not isinstance(hidden, torch.Tensor) or hidden.is_meta or index + 1 >= len(self.layers):
-                return None  # tracing, or the last layer
-            cache_cls, disk_index = self._cache_cls, self._cache_cls.index
-            for sub in self.layers[index + 1].modules():
-                for cache in (sub._parameters, sub._buffers):
-                    if not isinstance(cache, cache_cls):
-                        continue
-                    for offloaded in cache.offloaded_values.values():
-                        if (offloaded is None or offloaded in self.reads or offloaded not in disk_index
-                                or offloaded in cache.keep_onloaded_values):
-                            continue
-                        info = disk_index[offloaded]
-                        path = info["safetensors_file"]
-                        if path in self.writes:
-                            continue  # being rewritten: read it when it is needed
-                        self.reads[offloaded] = (path, self.pool.submit(self._read, path, info["weight_name"]))
-            return None
-        return hook
-
-    def __exit__(self, *exc: Any) -> None:
-        if not self.active:
-            return
-        for handle in self.handles:
-            handle.remove()
-        for name, function in self._originals.items():
-            setattr(self._cache_cls, name, function)
-        try:
-            for future in [*self.writes.values(), *(f for _, f in self.reads.values())]:
-                future.result()
-        finally:
-            self.writes.clear()
-            self.reads.clear()
-            self.pool.shutdown(wait=True)
-
-
 def run(job: QuantJob) -> None:
     start = time.monotonic()
     import llmcompressor  # noqa: F401  (seconds of imports: timed apart from the work)
@@ -491,7 +352,7 @@ def run(job: QuantJob) -> None:
         start = time.monotonic()
         model = _load_model(job, compute, cleanup, on_disk)
         phases["load"] = round(time.monotonic() - start, 1)
-        _quantize_and_save(job, model, compute, on_disk)
+        _quantize_and_save(job, model, compute)
 
 
 def _load_model(job: QuantJob, compute: str, cleanup: contextlib.ExitStack, on_disk: bool) -> Any:
@@ -517,7 +378,7 @@ def _load_model(job: QuantJob, compute: str, cleanup: contextlib.ExitStack, on_d
     return model
 
 
-def _quantize_and_save(job: QuantJob, model: Any, compute: str, on_disk: bool) -> None:
+def _quantize_and_save(job: QuantJob, model: Any, compute: str) -> None:
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
@@ -554,16 +415,13 @@ def _quantize_and_save(job: QuantJob, model: Any, compute: str, on_disk: bool) -
             torch.backends.cuda.matmul.allow_tf32 = True
     what = f"{len(job.samples)} samples" if kwargs else "no calibration (data-free)"
     log(STAGE, f"{job.name}: llmcompressor {job.variant.method} on {what}")
-    layers = decoder_layers(model)
-    progress = LayerProgress(layers, job.name)
+    progress = LayerProgress(decoder_layers(model), job.name)
     start = time.monotonic()
     try:
         packed = bool(kwargs) and "attention_mask" not in kwargs["dataset"].column_names
-        with ModuleLosses(model) as losses, GpuHessians(), OverlappedDiskOffload(layers, on_disk) as disk, \
+        with ModuleLosses(model) as losses, GpuHessians(), \
                 fused_attention_for_packed_samples(packed and torch.cuda.is_available()):
             oneshot(model=model, recipe=recipe, **kwargs)
-        if on_disk:
-            job.extras["disk_offload"] = disk.counts
     finally:
         progress.close()
     # Where the stage's time goes (quantize.json's phases_s): what precedes the first decoder block (tracing,
