@@ -83,7 +83,7 @@ def hessian_check() -> dict[str, float] | None:
         return None
     from llmcompressor.modifiers.gptq import base
 
-    from quantbuild.quantize._llmcompressor import GpuHessians
+    from quantbuild.quantize._llmcompressor import SharedHessians
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     xs = [torch.randn(1, 2048, 4096, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(16)]
@@ -95,7 +95,7 @@ def hessian_check() -> dict[str, float] | None:
     for name, allow_tf32 in (("llmcompressor_tf32", True), ("quantbuild_bf16", False)):
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         hessian, n = torch.zeros(4096, 4096, device="cuda"), torch.zeros((), device="cuda")
-        with GpuHessians() if name.startswith("quantbuild") else nullcontext():
+        with SharedHessians() if name.startswith("quantbuild") else nullcontext():
             for x in xs:
                 hessian, n = base.accumulate_hessian(x, linear, hessian, n)
         out[name] = float((hessian - ref).norm() / ref.norm())

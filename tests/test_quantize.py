@@ -384,6 +384,65 @@ def test_module_losses_come_from_the_modifier_also_when_gptq_batches(tiny_llama_
     assert base.CompressionLogger.__name__ == "CompressionLogger"  # the library is left as it was
 
 
+def test_shared_hessians_are_the_librarys_bit_for_bit_on_cpu(tiny_llama_dir, tiny_calibration):
+    """The stage makes each distinct input's x x^T once (q/k/v share one input, gate/up another); on a CPU every
+    Hessian must still equal what llm-compressor computes itself, bit for bit, and fewer products are made."""
+    import contextlib
+
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.gptq import base
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from transformers import AutoModelForCausalLM
+
+    from quantbuild.quantize._common import load_samples
+    from quantbuild.quantize._llmcompressor import SharedHessians, _allow_cpu_only
+
+    _allow_cpu_only()
+    samples = load_samples(tiny_calibration / "calibration.jsonl", 4)
+    data = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
+    library = base.accumulate_hessian
+
+    def hessians(shared: bool) -> tuple[dict[str, torch.Tensor], int]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+        names = {m: n for n, m in model.named_modules()}
+        seen: dict[str, torch.Tensor] = {}
+        products = []
+        matmul = torch.Tensor.matmul
+
+        def counting_matmul(a, b):
+            products.append(a.shape)
+            return matmul(a, b)
+
+        def compress(self):  # record the finished Hessians instead of solving
+            for module, hessian in self._hessians.items():
+                seen[names[module]] = hessian.clone()
+            self._hessians.clear()
+            self._num_samples.clear()
+
+        original_compress = GPTQModifier.compress_modules
+        GPTQModifier.compress_modules = compress
+        torch.Tensor.matmul = counting_matmul
+        try:
+            with SharedHessians() if shared else contextlib.nullcontext():
+                oneshot(model=model, recipe=[GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])],
+                        dataset=data, num_calibration_samples=len(samples), max_seq_length=max(map(len, samples)),
+                        shuffle_calibration_samples=False)
+        finally:
+            GPTQModifier.compress_modules = original_compress
+            torch.Tensor.matmul = matmul
+        return seen, len(products)
+
+    own, own_products = hessians(shared=False)
+    shared, shared_products = hessians(shared=True)
+    assert base.accumulate_hessian is library  # restored
+    assert sorted(shared) == sorted(own) and any(".q_proj" in n for n in own)
+    for name in own:
+        assert torch.equal(shared[name], own[name]), name
+    assert shared_products < own_products, (shared_products, own_products)
+
+
 def test_packed_samples_calibrate_through_fused_attention(tiny_llama_dir, tiny_calibration):
     """llm-compressor forces eager attention for calibration; for packed samples (one length, no mask) the
     stage lets SDPA run, with no mask, i.e. its fused causal kernel (the GPU path). Checked on the CPU with

@@ -80,9 +80,17 @@ class Engine:
         self.cpu = on_cpu()
         self.args = engine_args(engine, model_dir, cfg, self.cpu)
         start = time.monotonic()
+        self.in_process = False
         if engine == "vllm":
             if self.cpu:
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's CPU default is larger
+                if cfg.tensor_parallel_size == 1 and cfg.data_parallel_size == 1:
+                    # Otherwise vLLM's CPU build runs its engine in a second process and the model in a third,
+                    # each importing torch and vLLM again, and binds the model to one core, keeping the other
+                    # for the first process. In one process every core computes: the demo's evaluate stage took
+                    # half the time, perplexities bit for bit the same (benchmarks/evaluate_engine_process.py).
+                    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+                self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
             from lm_eval.models.vllm_causallms import VLLM
 
             self.lm = VLLM(**self.args)

@@ -141,7 +141,8 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
         source = [t for seqs in windows.values() for seq in seqs for t in seq][:8192] or [t for p in probes for t in p]
         speed = engine.speed(source)
         timings["throughput_s"] = round(time.monotonic() - t0, 2)
-    info = {"engine": kind, "engine_args": engine.args, "dtype": dtype, "commands": commands, "timings": timings}
+    info = {"engine": kind, "engine_args": engine.args, "dtype": dtype, "commands": commands, "timings": timings,
+            "engine_in_process": engine.in_process}
     if kind == "hf":
         info["activation_quantized_modules"] = engine.activation_quant_modules
     del engine
