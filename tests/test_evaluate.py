@@ -102,6 +102,8 @@ def test_metrics_exist_are_finite_and_fp8_recovers(evaluated):
     # The recorded command must work after the stage ends: it names the final tasks folder, not staging.
     assert all("--include_path build/eval/" in c and ".tmp-" not in c for c in raw["quantbuild"]["commands"])
     assert raw["quantbuild"]["versions"]["vllm"].endswith("+cpu")
+    base_raw = json.loads((project / "build/eval/base/results/lm_eval.json").read_text())
+    assert base_raw["quantbuild"]["engine_in_process"] is True  # one process on a CPU: every core, one import
     dvc(project, "repro", "card@fp8-dynamic")
     card = (project / "build/cards/fp8-dynamic/README.md").read_text()
     if fp8_in_vllm:  # the card renders vLLM's throughput with the hardware it ran on

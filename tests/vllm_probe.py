@@ -6,10 +6,11 @@ import json
 import sys
 import time
 
-if __name__ == "__main__":  # vLLM starts its engine with spawn
+if __name__ == "__main__":
     import os
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # as the evaluate stage runs it on a CPU
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

@@ -71,9 +71,9 @@ def compute_dtype(stored: str, *, on_gpu: bool | None = None) -> tuple[str, str]
 
 
 # Calibration tokens per batch on a GPU when batch_size is left to the stage: 16 samples of 2048 tokens. On the
-# lent H200 the 8B GPTQ stage (benchmarks/gpu_quantize_stage_8b.py) took 141.8 s at 16 x 2048 against 146.8 s at
-# 8 x 2048 in one call, and 161.6-173.3 s at 1 x 2048 in earlier ones, for 0.1-0.3 GiB more GPU memory (the
-# cached activations dominate it).
+# lent H200 the 8B GPTQ stage (benchmarks/gpu_quantize_stage_8b.py) took 141.8 s at 16 x 2048 in one call, where
+# 8 x 2048 took 146.8 s under py-spy (152.5 and 152.7 s in two other calls), and 161.6-173.3 s at 1 x 2048, for
+# 0.1-0.3 GiB more GPU memory (the cached activations dominate it).
 GPU_CALIBRATION_BATCH_TOKENS = 32768
 
 
