@@ -37,15 +37,19 @@ TINY_VARIANTS = {
     "int8-smooth": {"method": "int8", "smooth_down_proj": True},
     # AutoRound's tuned rounding, asymmetric (its zero points must reach the checkpoint); 4 steps on 8 samples
     "autoround": {"method": "autoround", "group_size": 64, "sym": False, "iters": 4, "n_samples": 8},
+    # gptq-llmc's recipe, then its group scales and norms distilled towards the base (8 steps at a rate that
+    # moves the tiny model's scales visibly in so few)
+    "distilled": {"method": "gptq", "backend": "llmcompressor", "group_size": 64, "distill_steps": 8,
+                  "distill_lr": 0.01},
 }
 EXPECTED_FORMAT = {"gptq-w4g64": "gptq", "gptq-llmc": "compressed-tensors", "awq-w4g64": "compressed-tensors",
                    "awq-legacy": "awq", "fp8-dynamic": "compressed-tensors", "int8-w8a8": "compressed-tensors",
                    "levers": "compressed-tensors", "mixed": "compressed-tensors", "int8-smooth": "compressed-tensors",
-                   "autoround": "compressed-tensors"}
+                   "autoround": "compressed-tensors", "distilled": "compressed-tensors"}
 # Share of the base's linear-layer bytes each method may keep (weights + scales + zero points).
 SIZE_BOUND = {"gptq-w4g64": 0.36, "gptq-llmc": 0.36, "awq-w4g64": 0.36, "awq-legacy": 0.36,
               "fp8-dynamic": 0.55, "int8-w8a8": 0.55, "levers": 0.36, "mixed": 0.45, "int8-smooth": 0.55,
-              "autoround": 0.36}
+              "autoround": 0.36, "distilled": 0.36}
 
 
 def params_for(model_dir: Path, variants: dict) -> "object":
@@ -208,6 +212,14 @@ def test_gptqmodel_overrides_and_skips(tiny_llama_dir, tiny_calibration, tmp_pat
      r"them or none \(add k_proj, v_proj\)"),
     ({"method": "awq", "backend": "autoawq", "group_size": 64, "keep": [r"layers\.0\.mlp\.down_proj"]},
      r"variants.v.keep: autoawq can keep a module kind only in every layer"),
+    ({"method": "fp8", "distill_steps": 8}, r"variants.v.distill_steps: distillation tunes the group scales "
+     r"llmcompressor's gptq and auto write: use method gptq or auto with backend llmcompressor"),
+    ({"method": "gptq", "backend": "llmcompressor", "distill_steps": -1}, r"variants.v.distill_steps: -1 must be 0 "
+     r"\(off\) or a positive number of steps"),
+    ({"method": "gptq", "backend": "llmcompressor", "distill_lr": 0.001}, r"variants.v.distill_lr: sets the rate of "
+     r"distill_steps, which is off"),
+    ({"method": "gptq", "backend": "llmcompressor", "group_size": -1, "distill_steps": 8},
+     r"variants.v.distill_steps: distillation tunes group scales; group_size -1 has none"),
 ])
 def test_bad_settings_fail_before_any_output(variant, pattern, tiny_llama_dir, tiny_calibration, tmp_path):
     with pytest.raises(ConfigError, match=pattern):
@@ -550,3 +562,46 @@ def test_weights_on_disk_refuse_spinquant_on_tied_embeddings_before_loading(tiny
         quantize_variant(params_for(tiny_llama_dir, variants), "levers", tiny_llama_dir,
                          tiny_calibration / "calibration.jsonl", tmp_path / "v" / "model", tmp_path / "v" / "q.json")
     assert not (tmp_path / "v" / "model").exists()
+
+
+def test_distillation_moves_only_scales_and_norms_and_brings_the_model_closer(tiny_variants, tiny_llama_dir,
+                                                                             tiny_calibration):
+    """`distilled` is gptq-llmc's recipe plus 8 distillation steps: every integer, zero point and other tensor
+    stays byte for byte, the group scales and norms move, and the model's next-token distributions on the
+    samples it was tuned on come closer to the base's than gptq-llmc's do."""
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from quantbuild.quantize._common import load_samples
+
+    plain = load_file(tiny_variants["gptq-llmc"] / "model" / "model.safetensors")
+    tuned = load_file(tiny_variants["distilled"] / "model" / "model.safetensors")
+    assert plain.keys() == tuned.keys()
+    moved = {k for k in plain if not torch.equal(plain[k], tuned[k])}
+    scales = {k for k in plain if k.endswith(".weight_scale")}
+    norms = {k for k in plain if k.endswith("norm.weight")}
+    assert len(scales) == 14 and len(norms) == 5  # 7 linears x 2 layers; 2 norms x 2 layers + the final one
+    assert scales <= moved <= scales | norms  # norms move less than a bf16 step in 8 steps of the tiny model
+    assert all(tuned[k].dtype == plain[k].dtype for k in moved)
+    record = json.loads((tiny_variants["distilled"] / "quantize.json").read_text())
+    assert record["distill"]["steps"] == 8 and record["distill"]["lr"] == 0.01 and record["distill"]["tuned"] == {"group_scales": 14, "norms": 5}
+    assert record["bits_per_weight"] == json.loads((tiny_variants["gptq-llmc"] / "quantize.json").read_text())[
+        "bits_per_weight"]
+
+    samples = load_samples(tiny_calibration / "calibration.jsonl", 8)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+
+    def kl(folder: Path) -> float:
+        model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32).eval()
+        total = 0.0
+        with torch.no_grad():
+            for sample in samples:
+                ids = torch.tensor([sample])
+                target = base(ids).logits.log_softmax(-1)
+                total += float(F.kl_div(model(ids).logits.log_softmax(-1), target, log_target=True,
+                                        reduction="none").sum(-1).mean())
+        return total / len(samples)
+
+    assert kl(tiny_variants["distilled"]) < 0.9 * kl(tiny_variants["gptq-llmc"])

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "candidates": ["w4a16-g64-asym", "w8a8"]},
 }
 LEVERS = ("iters", "observer", "transforms", "smoothing_strength", "smooth_down_proj", "formats", "max_bits_per_weight",
-          "candidates", "max_predicted_kl")
+          "candidates", "max_predicted_kl", "distill_steps", "distill_lr")
 
 
 def resolve_settings(variant: Any) -> dict[str, Any]:

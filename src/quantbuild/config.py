@@ -185,6 +185,10 @@ class VariantConfig:
     max_bits_per_weight: Optional[float] = None
     candidates: Optional[list[str]] = None     # None: the method's default formats
     max_predicted_kl: Optional[float] = None
+    # gptq/auto (llmcompressor): after GPTQ, the group scales and norms tuned end to end towards the base's
+    # next-token distributions on the calibration samples, one sample a step (quantize/_distill.py).
+    distill_steps: Optional[int] = None
+    distill_lr: Optional[float] = None
     # What calibration forwards compute in: auto = bf16 where the hardware has it natively, else float32.
     compute_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
 
@@ -286,6 +290,21 @@ class VariantConfig:
                          "gptq, auto or autoround with backend llmcompressor")
         if set(self.transforms or []) >= {"awq", "spinquant"}:
             problems.add(f"{path}.transforms", "awq and spinquant do not stack (measured worse together); pick one")
+        if (self.distill_steps is not None or self.distill_lr is not None) and (
+                self.method not in ("gptq", "auto") or not llmc):
+            key = "distill_steps" if self.distill_steps is not None else "distill_lr"
+            problems.add(f"{path}.{key}", "distillation tunes the group scales llmcompressor's gptq and auto write: use "
+                         "method gptq or auto with backend llmcompressor (or remove the key)")
+        elif self.distill_steps is not None and (isinstance(self.distill_steps, bool) or self.distill_steps < 0):
+            problems.add(f"{path}.distill_steps", f"{show(self.distill_steps)} must be 0 (off) or a positive number of "
+                         "steps (64 is typical)")
+        elif self.distill_steps and self.group_size == -1:
+            problems.add(f"{path}.distill_steps", "distillation tunes group scales; group_size -1 has none (use 64 or 32)")
+        if self.distill_lr is not None and not 0.0 < self.distill_lr < 1.0:
+            problems.add(f"{path}.distill_lr", f"{show(self.distill_lr)} must be between 0 and 1 (0.001 is typical)")
+        elif self.distill_lr is not None and not self.distill_steps:
+            problems.add(f"{path}.distill_lr", "sets the rate of distill_steps, which is off: set distill_steps too "
+                         "(or remove the key)")
         if self.smooth_down_proj and self.method != "int8":
             problems.add(f"{path}.smooth_down_proj", "is a SmoothQuant mapping for method int8 (remove the key)")
         if self.smoothing_strength is not None and (self.method != "int8" or not 0.0 < self.smoothing_strength < 1.0):

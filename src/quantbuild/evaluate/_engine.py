@@ -90,7 +90,8 @@ class Engine:
                     # for the first process. In one process every core computes: the demo's evaluate stage took
                     # half the time, perplexities bit for bit the same (benchmarks/evaluate_engine_process.py).
                     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-                self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+            # The engine core runs in this process whenever the variable says so, set here or by the user.
+            self.in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
             from lm_eval.models.vllm_causallms import VLLM
 
             self.lm = VLLM(**self.args)

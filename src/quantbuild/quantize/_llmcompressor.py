@@ -318,8 +318,8 @@ class SharedHessians:
                 x = inp.reshape(-1, inp.shape[-1])
                 torch.addmm(hessian, x.t(), x, out_dtype=torch.float32, alpha=2.0, out=hessian)
             else:
-                term, _ = product(inp, hessian)
-                hessian += term
+                term, alpha = product(inp, hessian)
+                hessian.add_(term, alpha=alpha)
             num_samples += inp.shape[0] if inp.dim() == 3 else 1
             return hessian, num_samples
 
@@ -460,5 +460,13 @@ def _quantize_and_save(job: QuantJob, model: Any, compute: str) -> None:
     model.save_pretrained(job.out_dir, save_compressed=True, max_shard_size=SHARD_SIZE)
     tokenizer.save_pretrained(job.out_dir)
     phases["save"] = round(time.monotonic() - end, 1)
+    steps = int(job.settings.get("distill_steps") or 0)
+    if steps and job.samples:
+        from ._distill import DEFAULT_LR, distill
+
+        job.extras["distill"] = distill(job.out_dir, job.model_dir, job.samples, steps,
+                                        float(job.settings.get("distill_lr") or DEFAULT_LR), job.trust_remote_code,
+                                        job.name, compute)
+        phases["distill"] = job.extras["distill"].get("seconds")
     job.extras["module_loss"] = losses.rows or None
     job.extras["recipe_file"] = "recipe.yaml"

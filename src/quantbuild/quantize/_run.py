@@ -156,7 +156,7 @@ def quantize_variant(params: Params, name: str, base_dir: str | Path, calib_path
                      "config_sha256": sha256_file(base_dir / "config.json")},
             "size_bytes": size, "size_ratio": round(size / base_size, 4),
             "seconds": round(seconds, 1), "phases_s": job.extras.get("phases_s"), "peak_rss_mb": _peak_rss_mb(), **_gpu_peak(),
-            "module_loss": job.extras.get("module_loss"), "recipe_file": job.extras.get("recipe_file"),
+            "distill": job.extras.get("distill"), "module_loss": job.extras.get("module_loss"), "recipe_file": job.extras.get("recipe_file"),
             "versions": versions(),
         }
         write_json(record_tmp, record)
