@@ -124,7 +124,10 @@ def _method(record: dict[str, Any]) -> dict[str, Any]:
               "desc_act": "Act-order (desc_act)", "batch_size": "Calibration batch size", "scheme": "Scheme",
               "kv_cache_dtype": "KV cache dtype", "observer": "Observer (range search)", "transforms": "Transforms",
               "smoothing_strength": "SmoothQuant strength", "smooth_down_proj": "SmoothQuant up_proj -> down_proj",
-              "max_bits_per_weight": "Bits-per-weight budget"}
+              "max_bits_per_weight": "Bits-per-weight budget",
+              "distill_steps": "Distillation steps after GPTQ (group scales and norms tuned towards the base's "
+                               "next-token distributions on the calibration samples)",
+              "distill_lr": "Distillation rate"}
     settings = [(label, _fmt(s[key])) for key, label in labels.items() if key in s]
     kept = ", ".join(f"`{m}`" for m in record.get("keep_modules") or []) or "none"
     formats = record.get("module_formats") or {}
