@@ -118,3 +118,26 @@ def test_bad_inputs_are_one_line_errors_with_no_outputs(tmp_path, tiny_llama_dir
 def test_missing_hub_dataset(tmp_path, tiny_llama_dir, hub):
     with pytest.raises(CalibrationError, match=r"dataset \S+ not found at http"):
         run(tmp_path, tiny_llama_dir, sources=[{"uri": f"hf://{hub.repo_id('none')}"}], n_samples=4, seq_len=64)
+
+
+def test_man_pages_are_plain_text_and_pinned(tmp_path, tiny_llama_dir, monkeypatch):
+    """The Linux man pages (Debian's package, checked against its pinned digest) read as prose and code."""
+    stats, calib, held = run(tmp_path, tiny_llama_dir, sources=[{"uri": "builtin://linux-man-pages"}],
+                             n_samples=16, seq_len=256)
+    source = stats["sources"][0]
+    assert source["documents"] > 250 and source["sha256"].startswith("96f55cb5")
+    from quantbuild._textdata import builtin_documents
+
+    docs, _ = builtin_documents("linux-man-pages")
+    pipe = next(d for d in docs if d.startswith("NAME\n\npipe, pipe2 - create pipe"))
+    assert "pipe() creates a pipe, a unidirectional data channel that can be used for interprocess" in pipe
+    assert "int pipe2(int pipefd[2], int flags);" in pipe          # synopsis kept line by line
+    assert 'fprintf(stderr, "Usage: %s <string>\\n", argv[0]);' in pipe   # code keeps its backslashes
+    assert not any(marker in d for d in docs for marker in ("\\fB", "\\fI", ".BR ", ".TP\n", '.\\"'))
+    # A copy that does not match the pinned digest is refused, not read.
+    monkeypatch.setenv("QUANTBUILD_TEXT_DIR", str(tmp_path / "text"))
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "manpages-dev_6.03-2_all.deb").write_bytes(b"!<arch>\nnot the package")
+    with pytest.raises(CalibrationError, match=r"^built-in text linux-man-pages: .* does not match its pinned sha256"):
+        run(tmp_path, tiny_llama_dir, out="bad", sources=[{"uri": "builtin://linux-man-pages"}], n_samples=4, seq_len=64)
+    assert not (tmp_path / "bad").exists()

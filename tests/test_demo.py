@@ -26,7 +26,9 @@ VARIANTS = {name: {**v, "n_samples": min(v.get("n_samples", 16), 16)} if "n_samp
             for name, v in SHIPPED["variants"].items()}
 # Deliberately broken: 4-bit per-channel weights calibrated on a single sample, no range search.
 VARIANTS["broken"] = {"method": "gptq", "backend": "llmcompressor", "group_size": -1, "n_samples": 1}
-DOMAINS = ("lee-news", "wikipedia", "pydoc-topics")
+# Every calibration domain's held-out documents and each held-out-only text (pydoc) are scored and gated.
+DOMAINS = tuple(s["uri"].removeprefix("builtin://") for s in SHIPPED["calibration"]["sources"]
+                + SHIPPED["calibration"]["heldout_sources"])
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,19 @@
-"""Real English text that needs no Hub: gensim's test data (from its PyPI wheel) and Python's pydoc topics."""
+"""Real English text that needs no Hub: gensim's test data (from its PyPI wheel), the Linux man pages
+(from Debian's archive) and Python's pydoc topics."""
 
 from __future__ import annotations
 
 import bz2
+import gzip
+import io
+import lzma
 import os
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +27,11 @@ GENSIM_FILES = {
     "lee-news": "lee_background.cor",
     "wikipedia": "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
 }
+# The Linux man-pages project's section 2 (system calls): technical English with C code, a domain unlike
+# news, Wikipedia and Python's documentation. Debian bookworm's package, pinned by its archive digest.
+MAN_PAGES_DEB = "manpages-dev_6.03-2_all.deb"
+MAN_PAGES_URL = f"https://deb.debian.org/debian/pool/main/m/manpages/{MAN_PAGES_DEB}"
+MAN_PAGES_SHA256 = "96f55cb5e26231d5567c89b692bced63825a14a2d5bd18fdf16ea2ed44eb9838"
 
 
 def text_dir() -> Path:
@@ -52,6 +63,58 @@ def fetch_gensim_texts(dest: Path | None = None, version: str = GENSIM_VERSION) 
                 part.write_bytes(wheel.read(member))
                 part.replace(dest / name)
     return dest
+
+
+def fetch_man_pages(dest: Path | None = None) -> Path:
+    """Download Debian's manpages-dev package once (2 MB) and check it against its archive digest."""
+    dest = dest or text_dir()
+    path = dest / MAN_PAGES_DEB
+    if path.is_file():
+        if sha256_file(path) != MAN_PAGES_SHA256:
+            raise CalibrationError(f"built-in text linux-man-pages: {path} does not match its pinned sha256 "
+                                   f"{MAN_PAGES_SHA256[:12]}...; delete it to download it again")
+        return path
+    dest.mkdir(parents=True, exist_ok=True)
+    log("setup", f"downloading {MAN_PAGES_URL}")
+    part = dest / f".{MAN_PAGES_DEB}.part"
+    try:
+        with urllib.request.urlopen(MAN_PAGES_URL, timeout=60) as response:
+            part.write_bytes(response.read())
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise CalibrationError(f"built-in text linux-man-pages: could not download {MAN_PAGES_URL} ({exc}); "
+                               "use a local calibration source instead") from None
+    if sha256_file(part) != MAN_PAGES_SHA256:
+        part.unlink()
+        raise CalibrationError(f"built-in text linux-man-pages: {MAN_PAGES_URL} does not match its pinned sha256 "
+                               f"{MAN_PAGES_SHA256[:12]}...; the mirror may be compromised, use a local source")
+    part.replace(path)
+    return path
+
+
+def _deb_data(path: Path) -> tarfile.TarFile:
+    """The data archive of a .deb (an ar archive: debian-binary, control.tar.*, data.tar.*)."""
+    blob = path.read_bytes()
+    pos = 8 if blob.startswith(b"!<arch>\n") else len(blob)
+    while pos + 60 <= len(blob):
+        name = blob[pos:pos + 16].decode().strip().rstrip("/")
+        size = int(blob[pos + 48:pos + 58].decode().strip())
+        body = blob[pos + 60:pos + 60 + size]
+        if name.startswith("data.tar"):
+            return tarfile.open(fileobj=io.BytesIO(lzma.decompress(body) if name.endswith(".xz") else body))
+        pos += 60 + size + (size & 1)
+    raise CalibrationError(f"built-in text linux-man-pages: {path} is not a Debian package; delete it to re-download")
+
+
+def _man_page_docs(path: Path) -> Iterator[str]:
+    from ._roff import man_to_text
+
+    with _deb_data(path) as data:
+        for member in sorted(data.getmembers(), key=lambda m: m.name):
+            if member.isfile() and re.search(r"/man2/[^/]+\.2\w*\.gz$", member.name):
+                source = gzip.decompress(data.extractfile(member).read()).decode("utf-8", "replace")
+                if not source.lstrip().startswith(".so "):   # an alias of another page
+                    yield man_to_text(source)
 
 
 _WIKI_DROP = [
@@ -153,6 +216,11 @@ def builtin_documents(name: str) -> tuple[list[str], dict]:
     """Documents of a built-in text and its provenance."""
     if name == "pydoc-topics":
         return list(_pydoc_docs()), {"origin": f"Python {sys.version.split()[0]} pydoc_data.topics"}
+    if name == "linux-man-pages":
+        path = fetch_man_pages()
+        return list(_man_page_docs(path)), {
+            "origin": f"{MAN_PAGES_URL} (Linux man-pages 6.03, section 2)", "sha256": sha256_file(path),
+            "license": "Linux man-pages licenses (see each page's SPDX header)"}
     path = text_dir() / GENSIM_FILES[name]
     if not path.is_file():
         fetch_gensim_texts()

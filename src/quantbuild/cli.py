@@ -251,9 +251,10 @@ def data() -> None:
 
 @data.command("fetch-text")
 def fetch_text() -> None:
-    """Download the built-in English texts (gensim's test data, from PyPI) once."""
-    from ._textdata import fetch_gensim_texts
+    """Download the built-in English texts (gensim's test data from PyPI, the Linux man pages from Debian) once."""
+    from ._textdata import fetch_gensim_texts, fetch_man_pages
 
+    fetch_man_pages()
     click.echo(f"built-in texts in {fetch_gensim_texts()}")
 
 

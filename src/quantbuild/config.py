@@ -22,7 +22,7 @@ SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 MODEL_SCHEMES = ("hf://", "pkg://", "file://")
-BUILTIN_TEXTS = ("lee-news", "wikipedia", "pydoc-topics")
+BUILTIN_TEXTS = ("lee-news", "wikipedia", "linux-man-pages", "pydoc-topics")
 
 from ._methods import (COMPUTE_DTYPES, DEFAULTS, GROUP_SIZES, METHODS, OBSERVERS, RESERVED_NAMES,  # noqa: E402,F401
                        TRANSFORMS)
