@@ -135,28 +135,31 @@ def test_cards_report_the_measured_figures(demo, name):
 
 
 def test_vllm_and_hf_agree_on_token_perplexity(demo, tmp_path):
-    project, _ = demo
+    """Both engines compute the same token perplexities of the base on every held-out text, in float32, where
+    rounding cannot hide a difference in windows, token alignment or log-probabilities (measured: within 1e-6).
+    In bf16 each engine's kernels round their own way and the engines are not compared: on the AMD EPYC
+    (AVX512-BF16) vLLM measured the man pages 0.28 % below float32 and transformers 0.17 % above it, 0.45 %
+    apart (0.04-0.21 % on the Xeon's three prose texts). The gate never compares across engines: the fallback
+    measures its own baseline."""
     code = ("import json, sys\n"
             "from pathlib import Path\n"
             "from quantbuild.config import load_params\n"
             "from quantbuild.evaluate._run import evaluate_model\n"
             "if __name__ == '__main__':\n"
             "    cfg = load_params('params.yaml').eval\n"
-            "    cfg.engine, cfg.tasks = 'hf', []\n"
+            "    cfg.engine, cfg.tasks, cfg.dtype = sys.argv[2], [], 'float32'\n"
             "    out = Path(sys.argv[1])\n"
             "    m = evaluate_model(cfg, 'base', Path('build/base/model'), Path('build/calibration/heldout.jsonl'),\n"
             "                       out / 'results', out / 'metrics.json', out / 'plots')\n"
-            "    print('HF-JSON', json.dumps(m))\n")
-    run = subprocess.run([str(project / ".venvs/serve/bin/python"), "-c", code, str(tmp_path / "hf")], cwd=project,
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    hf = json.loads([l for l in run.stdout.splitlines() if l.startswith("HF-JSON")][0][len("HF-JSON "):])
-    vllm = metrics(project, "base")
-    assert hf["eval.dtype"] == vllm["eval.dtype"]
-    # The engines agree far inside the gate's margins (the tightest, FP8's, is 1 %). In float32 within 0.2 %.
-    # In bf16 their kernels round differently: measured 0.04-0.21 % on an AVX512-BF16/AMX Xeon (0.21 % on
-    # pydoc in one run of four), so the bf16 bound is bf16's unit roundoff, 2**-8 (0.39 %).
-    rel = 2 ** -8 if vllm["eval.dtype"] == "bfloat16" else 2e-3
+            "    print('JSON', json.dumps(m))\n")
+    project, _ = demo
+    measured = {}
+    for engine in ("vllm", "hf"):
+        run = subprocess.run([str(project / ".venvs/serve/bin/python"), "-c", code, str(tmp_path / engine), engine],
+                             cwd=project, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        measured[engine] = json.loads([l for l in run.stdout.splitlines() if l.startswith("JSON")][0][len("JSON "):])
+        assert measured[engine]["eval.dtype"] == "float32" and measured[engine]["eval.engine"] == engine
     for d in DOMAINS:
         key = f"quality.ppl.{d}.token_perplexity"
-        assert hf[key] == pytest.approx(vllm[key], rel=rel), (key, hf[key], vllm[key])
+        assert measured["hf"][key] == pytest.approx(measured["vllm"][key], rel=2e-3), (key, measured)

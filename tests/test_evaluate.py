@@ -95,7 +95,9 @@ def test_metrics_exist_are_finite_and_fp8_recovers(evaluated):
     gate = json.loads((project / "build/gate/fp8-dynamic/gate.json").read_text())
     assert 0.97 <= gate["recoveries"]["heldout_perplexity.bits_per_byte"]["recovery"] <= 1.03
     assert fp8["closeness.top1_agreement"] >= 0.95 and gate["passed"] is True, gate["failures"]
-    assert set(gate["thresholds"]) == {f"ppl.{d}.token_perplexity" for d in ("lee-news", "wikipedia", "pydoc-topics")}
+    calibration = yaml.safe_load((project / "params.yaml").read_text())["calibration"]
+    domains = [s["uri"].removeprefix("builtin://") for s in calibration["sources"] + calibration["heldout_sources"]]
+    assert len(domains) == 4 and set(gate["thresholds"]) == {f"ppl.{d}.token_perplexity" for d in domains}
     raw = json.loads((project / "build/eval/fp8-dynamic/results/lm_eval.json").read_text())
     engine = "vllm" if fp8_in_vllm else "hf"
     assert "heldout_perplexity" in raw["results"] and raw["quantbuild"]["commands"][0].startswith(f"lm_eval --model {engine}")
