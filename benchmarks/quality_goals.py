@@ -64,6 +64,18 @@ def main() -> None:
               f"{auto_s:.0f}s = {total / 60:.1f} min (goal 10 min) on {hw.get('cpus')} cores of {hw.get('cpu')} "
               f"[{', '.join(f for f in hw.get('cpu_isa', []) if f.startswith(('avx512', 'amx', 'avx2')))}]; "
               f"proxy vs layer KL Spearman {sens.get('proxy_vs_layer_kl_spearman')}")
+    # The evaluate stage's 95 % intervals over the held-out windows: a goal met or missed by less than the
+    # interval's half-width is not known to be met or missed on other text of the domain.
+    print("95 % intervals of the change over the held-out windows (evaluate stage, paired t):")
+    for q in sorted((root / "build/variants").glob("*/quantize.json")):
+        m = _load(root / f"build/eval/{q.parent.name}/metrics.json") or {}
+        key = "change.ppl.{}.token_perplexity_pct"
+        if key.format(domains[0]) not in m:
+            print(f"  {q.parent.name:<14} not recorded (evaluated before intervals were)")
+            continue
+        print(f"  {q.parent.name:<14} " + "  ".join(
+            f"{d[:12]} {m[key.format(d)]:+.2f} ({m[key.format(d) + '_ci95_low']:+.2f} to {m[key.format(d) + '_ci95_high']:+.2f})"
+            for d in domains if m.get(key.format(d) + "_ci95_low") is not None))
     print("goals met: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in results.items()))
 
 

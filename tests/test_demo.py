@@ -130,6 +130,13 @@ def test_cards_report_the_measured_figures(demo, name):
     else:
         assert "did not pass its quality gate" in text and "Quality gate FAILED" in text
     assert "### Per-layer sensitivity" in text
+    # each held-out text's change with its 95 % interval over the windows; verdicts it cannot settle are named
+    for d in DOMAINS:
+        key = f"change.ppl.{d}.token_perplexity_pct"
+        assert f"| {m[key]:+.2f} % ({m[key + '_ci95_low']:+.2f} to {m[key + '_ci95_high']:+.2f}) |" in text, key
+    unsettled = [r["metric"] for r in g["resolution"] if r["settled"] is False]
+    assert ("Within the measurement's resolution" in text) == bool(unsettled)
+    assert all(f"`{metric}` " in text for metric in unsettled)
     skipped = json.loads((project / f"build/publish/{name}.json").read_text())
     assert skipped == {"published": False, "variant": name, "reason": "publish.enabled is false in params.yaml"}
 

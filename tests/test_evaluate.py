@@ -94,6 +94,15 @@ def test_metrics_exist_are_finite_and_fp8_recovers(evaluated):
         assert metrics["eval.engine"] == engine and metrics["eval.dtype"] in ("float32", "bfloat16")
     gate = json.loads((project / "build/gate/fp8-dynamic/gate.json").read_text())
     assert 0.97 <= gate["recoveries"]["heldout_perplexity.bits_per_byte"]["recovery"] <= 1.03
+    # Each domain's change comes with its 95 % interval over the windows, around the change the recovery
+    # implies; the gate record says of each gated perplexity whether the interval settles its verdict.
+    for d in ("lee-news", "wikipedia", "pydoc-topics"):
+        key = f"change.ppl.{d}.token_perplexity_pct"
+        implied = 100 * (1 / gate["recoveries"][f"ppl.{d}.token_perplexity"]["recovery"] - 1)
+        assert fp8[key] == pytest.approx(implied, abs=0.01)
+        assert fp8[key + "_ci95_low"] <= fp8[key] <= fp8[key + "_ci95_high"]
+    assert {r["metric"] for r in gate["resolution"]} == set(gate["thresholds"]) - {"top1_agreement"}
+    assert all(isinstance(r["settled"], bool) for r in gate["resolution"])
     assert fp8["closeness.top1_agreement"] >= 0.95 and gate["passed"] is True, gate["failures"]
     calibration = yaml.safe_load((project / "params.yaml").read_text())["calibration"]
     domains = [s["uri"].removeprefix("builtin://") for s in calibration["sources"] + calibration["heldout_sources"]]

@@ -143,3 +143,50 @@ def test_gate_stage_writes_its_records(tmp_path):
     assert record["passed"] is False and record["bits_per_weight"] == 8.03  # +2 % misses FP8's +1 %
     metrics = json.loads((tmp_path / "gate/metrics.json").read_text())
     assert metrics["gate.passed"] is False and metrics["gate.failures"] == 3
+
+
+def test_paired_change_interval_from_the_windows_spread():
+    """Hand-computed: windows of 100 tokens whose mean log-likelihood moves by 0.01, 0.03, 0.02, 0.00 nats:
+    change e^0.015 - 1; interval e^(0.015 +- t(3) * sd / 2) - 1 with sd = 0.012910, t(3) = 3.182."""
+    from quantbuild.evaluate._perplexity import paired_change
+
+    base = {"window_nll": [300.0, 310.0, 290.0, 305.0], "window_tokens": [100] * 4}
+    variant = {"window_nll": [301.0, 313.0, 292.0, 305.0], "window_tokens": [100] * 4}
+    got = paired_change(base, variant)
+    half = 3.182 * math.sqrt(((0.01 - 0.015) ** 2 + 0.015 ** 2 + 0.005 ** 2 + 0.015 ** 2) / 3) / 2
+    assert got["windows"] == 4 and got["pct"] == pytest.approx(100 * math.expm1(0.015), abs=1e-4)
+    assert got["ci95_low_pct"] == pytest.approx(100 * math.expm1(0.015 - half), abs=1e-4)
+    assert got["ci95_high_pct"] == pytest.approx(100 * math.expm1(0.015 + half), abs=1e-4)
+    # the same change on every window: no spread, the interval closes on it
+    same = paired_change(base, {"window_nll": [b + 1.0 for b in base["window_nll"]], "window_tokens": [100] * 4})
+    assert same["ci95_low_pct"] == same["pct"] == same["ci95_high_pct"]
+    assert paired_change({"window_nll": [1.0], "window_tokens": [10]},
+                         {"window_nll": [2.0], "window_tokens": [10]})["ci95_low_pct"] is None
+    with pytest.raises(ValueError, match="different windows"):
+        paired_change(base, {"window_nll": [1.0] * 4, "window_tokens": [99] * 4})
+
+
+@pytest.mark.parametrize("change,low,high,passed,settled", [
+    (0.5, 0.2, 0.8, True, True),     # the whole interval under +1 %: a settled pass
+    (0.5, -0.3, 1.4, True, False),   # a pass whose interval reaches past the limit
+    (2.0, 1.2, 2.8, False, True),    # a settled failure
+    (1.5, 0.4, 2.6, False, False),   # a failure the windows cannot tell from a pass
+])
+def test_gate_says_which_verdicts_the_windows_settle(change, low, high, passed, settled):
+    """The verdict is the policy's (the measured change); the record adds whether the evaluate stage's 95 %
+    interval lies wholly on the verdict's side of the limit (FP8: +1 %)."""
+    from quantbuild._gate import gate_metrics
+
+    base, variant = _ppl(10.0, 1 + change / 100)
+    base_m = {"eval.engine": "vllm", "eval.dtype": "float32", **{f"quality.{k}": v for k, v in base.items()}}
+    var_m = {"eval.engine": "vllm", "eval.dtype": "float32", "closeness.top1_agreement": 0.95,
+             **{f"quality.{k}": v for k, v in variant.items()}}
+    for d in DOMAINS:
+        key = f"change.ppl.{d}.token_perplexity_pct"
+        var_m.update({key: change, key + "_ci95_low": low, key + "_ci95_high": high})
+    gate = gate_variant(SHIPPED, "v", "fp8", base_m, var_m)
+    assert gate["passed"] is passed
+    rows = gate["resolution"]
+    assert [r["metric"] for r in rows] == sorted(f"ppl.{d}.token_perplexity" for d in DOMAINS)
+    assert all(r["settled"] is settled and r["limit_pct"] == pytest.approx(1.0, abs=0.01) for r in rows)
+    assert gate_metrics(gate)["gate.unsettled"] == (0 if settled else len(DOMAINS))

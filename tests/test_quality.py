@@ -119,6 +119,12 @@ def test_selection_follows_the_policy(tmp_path):
         "passed": False, "bits_per_weight": 4.3, "failures": [{"metric": "m"}], "thresholds": {"m": 0.95},
         "recoveries": {"m": {"recovery": 0.91}}}))
     assert select(["w4", "w8", "bad"], tmp_path / "gate", tmp_path / "sel2")["recommended"] == "w8"
+    # a pass whose interval over the held-out windows reaches past the limit is still recommended, and said so
+    record = json.loads((tmp_path / "gate/w8/gate.json").read_text())
+    record["resolution"] = [{"metric": "m", "settled": False}]
+    (tmp_path / "gate/w8/gate.json").write_text(json.dumps(record))
+    sel = select(["w4", "w8", "bad"], tmp_path / "gate", tmp_path / "sel3")
+    assert sel["recommended"] == "w8" and "on m the held-out windows' 95 % interval reaches past the limit" in sel["reason"]
 
 
 @pytest.mark.parametrize("variant,line", [

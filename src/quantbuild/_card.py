@@ -173,14 +173,30 @@ def _evaluation(base: dict, metrics: dict, gate: dict | None) -> list[dict[str, 
         metric = key[len("quality."):]
         row = recoveries.get(metric, {})
         rows.append({"metric": metric, "base": _fmt(row.get("base", base.get(key))), "value": _fmt(metrics[key]),
-                     "recovery": _fmt(row.get("recovery"), 4),
+                     "change": _change(metrics, metric), "recovery": _fmt(row.get("recovery"), 4),
                      "gate": f"≥ {thresholds[metric]}" if metric in thresholds else "not gated"})
     rows.append({"metric": METRIC_LABELS["top1_agreement"], "base": "1", "value": _fmt(metrics.get("closeness.top1_agreement"), 3),
-                 "recovery": _fmt(recoveries.get("top1_agreement", {}).get("recovery"), 3),
+                 "change": "", "recovery": _fmt(recoveries.get("top1_agreement", {}).get("recovery"), 3),
                  "gate": f"≥ {thresholds['top1_agreement']}" if "top1_agreement" in thresholds else "not gated"})
     rows.append({"metric": "mean KL divergence from the base (nats/token)", "base": "0",
-                 "value": _fmt(metrics.get("closeness.kl_mean"), 3), "recovery": "", "gate": ""})
+                 "value": _fmt(metrics.get("closeness.kl_mean"), 3), "change": "", "recovery": "", "gate": ""})
     return rows
+
+
+def _change(metrics: dict, metric: str) -> str:
+    """'+1.44 % (+0.61 to +2.28)': the evaluate stage's change against the base and its 95 % interval."""
+    key = f"change.{metric}_pct"
+    change, low, high = (metrics.get(key + suffix) for suffix in ("", "_ci95_low", "_ci95_high"))
+    if change is None:
+        return ""
+    return f"{change:+.2f} %" + (f" ({low:+.2f} to {high:+.2f})" if low is not None and high is not None else "")
+
+
+def _unsettled(gate: dict | None) -> list[str]:
+    """The gated verdicts whose 95 % interval spans the limit (_gate.resolution)."""
+    return [f"`{row['metric']}` {'passes' if row['passed'] else 'fails'} at {row['change_pct']:+.2f} % against "
+            f"+{row['limit_pct']:.2f} %, interval {row['ci95_pct'][0]:+.2f} to {row['ci95_pct'][1]:+.2f} %"
+            for row in (gate or {}).get("resolution", []) if row["settled"] is False]
 
 
 def _summary(metrics: dict, gate: dict | None) -> str:
@@ -353,7 +369,7 @@ def render_card(params: Params, name: str, root: Path = Path(".")):
         "sensitivity": _sensitivity(sens, record),
         "deployment": _deployment(record),
         "memory": _memory(base_config, record, fetch),
-        "evaluation": {"rows": _evaluation(base_metrics, metrics, gate), "engine": q.get("engine", "?"),
+        "evaluation": {"rows": _evaluation(base_metrics, metrics, gate), "unsettled": _unsettled(gate), "engine": q.get("engine", "?"),
                        "lm_eval_version": eval_versions.get("lm-eval", "?"), "commands": q.get("commands", [])},
         "performance": _performance(base_raw, eval_raw),
         "repro": _reproduction(params, inp, fetch, record, eval_versions),

@@ -36,7 +36,9 @@ def select(variants: list[str], gate_root: Path, out_dir: Path) -> dict[str, Any
             continue
         gate = json.loads(path.read_text())
         rows.append({"variant": name, "bits_per_weight": gate.get("bits_per_weight"), "quality": _quality(gate),
-                     "passed": gate["passed"], "failures": [f["metric"] for f in gate["failures"]]})
+                     "passed": gate["passed"], "failures": [f["metric"] for f in gate["failures"]],
+                     # verdicts whose 95 % interval over the held-out windows spans the limit (_gate.resolution)
+                     "unsettled": [r["metric"] for r in gate.get("resolution", []) if r["settled"] is False]})
     for row in rows:
         others = [o for o in rows if o is not row and o["quality"] is not None and o["bits_per_weight"] is not None]
         if row["quality"] is None or row["bits_per_weight"] is None:
@@ -51,6 +53,9 @@ def select(variants: list[str], gate_root: Path, out_dir: Path) -> dict[str, Any
     why = (f"{best['variant']} is the smallest variant that meets the quality policy: {best['bits_per_weight']} bits "
            f"per weight, worst recovery {best['quality']:.4f}" if best else
            "no variant meets the quality policy; nothing is recommended")
+    if best and best["unsettled"]:
+        why += (f" (on {', '.join(best['unsettled'])} the held-out windows' 95 % interval reaches past the limit: "
+                "more held-out text would settle it)")
     record = {"recommended": best["variant"] if best else None, "reason": why, "variants": rows,
               "not_built": not_built,
               "frontier": [r["variant"] for r in sorted(rows, key=lambda r: r["bits_per_weight"] or 0) if r["pareto"]]}

@@ -17,7 +17,7 @@ from .._progress import fmt_seconds, log
 from ..config import EvalConfig
 from ..errors import ConfigError, EnvironmentSetupError
 from ._closeness import kl_and_agreement
-from ._perplexity import domain_windows, perplexities
+from ._perplexity import domain_windows, paired_change, perplexities
 from ._tasks import HELDOUT_TASK, check_task_names, write_tasks
 
 STAGE = "evaluate"
@@ -123,10 +123,12 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
     values = _metric_values(results)
     t0 = time.monotonic()
     windows = domain_windows(heldout, engine.tokenizer, cfg.perplexity_window, cfg.perplexity_windows)
+    per_window: dict[str, dict[str, list]] = {}
     for domain, seqs in windows.items():
         ppl = perplexities(engine.token_logprobs(seqs), seqs, engine.tokenizer)
         for key in ("token_perplexity", "word_perplexity", "bits_per_byte"):
             values[f"ppl.{domain}.{key}"] = ppl[key]
+        per_window[domain] = {"window_nll": ppl["window_nll"], "window_tokens": ppl["window_tokens"]}
         log(STAGE, f"{model_name}: {domain}: token perplexity {ppl['token_perplexity']:.4f}, word perplexity "
             f"{ppl['word_perplexity']:.3f}, bits/byte {ppl['bits_per_byte']:.4f} ({len(seqs)} windows, "
             f"{ppl['tokens']} tokens)")
@@ -147,7 +149,26 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
         info["activation_quantized_modules"] = engine.activation_quant_modules
     del engine
     return {"values": values, "probes": probes, "logprobs": logprobs, "speed": speed, "results": results,
-            "info": info, "windows": {d: len(w) for d, w in windows.items()}}
+            "info": info, "windows": {d: len(w) for d, w in windows.items()}, "per_window": per_window}
+
+
+def _changes(model_name: str, base: dict[str, Any] | None, variant: dict[str, Any]) -> dict[str, Any]:
+    """change.ppl.<domain>.token_perplexity_pct and its 95 % interval (…_ci95_low / …_ci95_high) against the
+    baseline's windows (_perplexity.paired_change)."""
+    if base is None:
+        raise ConfigError([f"evaluate@{model_name}: the baseline's reference has no per-window perplexities; re-run "
+                           "evaluate_base (dvc repro evaluate_base)"])
+    out: dict[str, Any] = {}
+    for domain in sorted(variant):
+        if domain not in base:
+            raise ConfigError([f"evaluate@{model_name}: the baseline scored no {domain} windows; re-run evaluate_base "
+                               "(dvc repro evaluate_base)"])
+        change = paired_change(base[domain], variant[domain])
+        key = f"change.ppl.{domain}.token_perplexity_pct"
+        out[key] = change["pct"]
+        out[key + "_ci95_low"] = change["ci95_low_pct"]
+        out[key + "_ci95_high"] = change["ci95_high_pct"]
+    return out
 
 
 def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: Path, results_dir: Path,
@@ -209,7 +230,8 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
             baseline_run = _measure("hf", "base (hf, for the fallback)", Path(base_dir), cfg, dtype, heldout, tasks_dir,
                                     manager, results_dir / "tasks", ref["sequences"], with_speed=False,
                                     trust_remote_code=trust_remote_code)
-            ref = {"sequences": baseline_run["probes"], "top_logprobs": baseline_run["logprobs"]}
+            ref = {"sequences": baseline_run["probes"], "top_logprobs": baseline_run["logprobs"],
+                   "perplexity_windows": baseline_run["per_window"]}
         run = _measure(kind, model_name, model_dir, cfg, dtype, heldout, tasks_dir, manager, results_dir / "tasks",
                        None if is_base else ref["sequences"], with_speed=True, trust_remote_code=trust_remote_code)
         values, probes, logprobs, speed = run["values"], run["probes"], run["logprobs"], run["speed"]
@@ -230,7 +252,8 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
             metrics[f"speed.{level}.output_tokens_per_s"] = row["output_tokens_per_s"]
             metrics[f"speed.{level}.batch_ttft_s"] = row["batch_ttft_s"]
         if is_base:
-            write_json(results_tmp / "reference.json", {"sequences": probes, "top_logprobs": logprobs})
+            write_json(results_tmp / "reference.json", {"sequences": probes, "top_logprobs": logprobs,
+                                                        "perplexity_windows": run["per_window"]})
             metrics["closeness.kl_mean"] = 0.0
             metrics["closeness.top1_agreement"] = 1.0
         else:
@@ -242,6 +265,7 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
             metrics["closeness.top1_agreement"] = (None if close["top1_agreement"] is None
                                                    else round(close["top1_agreement"], 6))
             metrics["size.ratio_to_base"] = round(size / (base["size.disk_gb"] * 1e9), 4)
+            metrics.update(_changes(model_name, ref.get("perplexity_windows"), run["per_window"]))
         provenance = {"model": model_name, **run["info"], "fallback": fallback_reason, "dtype_reason": why,
                       "perplexity_windows": run["windows"], "hardware": hardware_record(), "versions": _versions(),
                       "throughput": speed}
