@@ -100,7 +100,9 @@ def main() -> None:
             out[domain] = {}
             for n in sorted({n for n in (8, 16, 32, 64, 128) if n < n_all} | {n_all}):
                 cut = lambda rec: {k: v[:n] for k, v in rec.items()}  # noqa: E731
-                out[domain][str(n)] = paired_change(cut(base[domain]), cut(variant[domain]))
+                change = paired_change(cut(base[domain]), cut(variant[domain]))
+                out[domain][str(n)] = {"pct": change.pct, "windows": n, "ci95_low_pct": change.ci95_low_pct,
+                                       "ci95_high_pct": change.ci95_high_pct}
         return out
 
     def show(label, rows) -> None:

@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from quantbuild._change import change_of
+
 GOALS = {"4bit": 0.08, "int8": 0.015, "fp8": 0.01}
 
 
@@ -69,13 +71,13 @@ def main() -> None:
     print("95 % intervals of the change over the held-out windows (evaluate stage, paired t):")
     for q in sorted((root / "build/variants").glob("*/quantize.json")):
         m = _load(root / f"build/eval/{q.parent.name}/metrics.json") or {}
-        key = "change.ppl.{}.token_perplexity_pct"
-        if key.format(domains[0]) not in m:
+        changes = {d: change_of(m, f"ppl.{d}.token_perplexity") for d in domains}
+        if not any(c and c.interval for c in changes.values()):
             print(f"  {q.parent.name:<14} not recorded (evaluated before intervals were)")
             continue
         print(f"  {q.parent.name:<14} " + "  ".join(
-            f"{d[:12]} {m[key.format(d)]:+.2f} ({m[key.format(d) + '_ci95_low']:+.2f} to {m[key.format(d) + '_ci95_high']:+.2f})"
-            for d in domains if m.get(key.format(d) + "_ci95_low") is not None))
+            f"{d[:12]} {c.pct:+.2f} ({c.interval[0]:+.2f} to {c.interval[1]:+.2f})"
+            for d, c in changes.items() if c and c.interval))
     print("goals met: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in results.items()))
 
 

@@ -148,22 +148,44 @@ def test_gate_stage_writes_its_records(tmp_path):
 def test_paired_change_interval_from_the_windows_spread():
     """Hand-computed: windows of 100 tokens whose mean log-likelihood moves by 0.01, 0.03, 0.02, 0.00 nats:
     change e^0.015 - 1; interval e^(0.015 +- t(3) * sd / 2) - 1 with sd = 0.012910, t(3) = 3.182."""
-    from quantbuild.evaluate._perplexity import paired_change
+    from quantbuild.evaluate._perplexity import WindowMismatch, paired_change
 
     base = {"window_nll": [300.0, 310.0, 290.0, 305.0], "window_tokens": [100] * 4}
     variant = {"window_nll": [301.0, 313.0, 292.0, 305.0], "window_tokens": [100] * 4}
     got = paired_change(base, variant)
     half = 3.182 * math.sqrt(((0.01 - 0.015) ** 2 + 0.015 ** 2 + 0.005 ** 2 + 0.015 ** 2) / 3) / 2
-    assert got["windows"] == 4 and got["pct"] == pytest.approx(100 * math.expm1(0.015), abs=1e-4)
-    assert got["ci95_low_pct"] == pytest.approx(100 * math.expm1(0.015 - half), abs=1e-4)
-    assert got["ci95_high_pct"] == pytest.approx(100 * math.expm1(0.015 + half), abs=1e-4)
+    assert got.pct == pytest.approx(100 * math.expm1(0.015), abs=1e-4)
+    assert got.ci95_low_pct == pytest.approx(100 * math.expm1(0.015 - half), abs=1e-4)
+    assert got.ci95_high_pct == pytest.approx(100 * math.expm1(0.015 + half), abs=1e-4)
     # the same change on every window: no spread, the interval closes on it
     same = paired_change(base, {"window_nll": [b + 1.0 for b in base["window_nll"]], "window_tokens": [100] * 4})
-    assert same["ci95_low_pct"] == same["pct"] == same["ci95_high_pct"]
+    assert same.ci95_low_pct == same.pct == same.ci95_high_pct
     assert paired_change({"window_nll": [1.0], "window_tokens": [10]},
-                         {"window_nll": [2.0], "window_tokens": [10]})["ci95_low_pct"] is None
-    with pytest.raises(ValueError, match="different windows"):
+                         {"window_nll": [2.0], "window_tokens": [10]}).interval is None
+    with pytest.raises(WindowMismatch, match="4 windows of 400 tokens against 4 of 396"):
         paired_change(base, {"window_nll": [1.0] * 4, "window_tokens": [99] * 4})
+
+
+def test_evaluate_records_changes_in_the_shared_layout_and_refuses_other_windows():
+    """The evaluate stage writes each change where change_of (the gate's and the card's reader) finds it; a
+    non-finite change is recorded as null, which the gate does not count as a measured pass; a baseline scored
+    on other windows is a one-line ConfigError naming the fix."""
+    from quantbuild._change import change_of
+    from quantbuild.errors import ConfigError
+    from quantbuild.evaluate._run import _changes
+
+    base = {"news": {"window_nll": [300.0, 310.0], "window_tokens": [100, 100]}}
+    variant = {"news": {"window_nll": [303.0, 312.0], "window_tokens": [100, 100]}}
+    metrics = _changes("v", base, variant)
+    got = change_of(metrics, "ppl.news.token_perplexity")
+    assert got.pct == pytest.approx(100 * math.expm1(0.025), abs=1e-4) and got.interval[0] < got.pct < got.interval[1]
+    json.dumps(metrics, allow_nan=False)
+    broken = _changes("v", base, {"news": {"window_nll": [float("inf"), 312.0], "window_tokens": [100, 100]}})
+    assert broken["change.ppl.news.token_perplexity_pct"] is None and change_of(broken, "ppl.news.token_perplexity") is None
+    json.dumps(broken, allow_nan=False)
+    with pytest.raises(ConfigError) as err:
+        _changes("v", base, {"news": {"window_nll": [1.0], "window_tokens": [100]}})
+    assert len(str(err.value).splitlines()) == 1 and "dvc repro evaluate_base" in str(err.value)
 
 
 @pytest.mark.parametrize("change,low,high,passed,settled", [

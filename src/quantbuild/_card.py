@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._change import change_of
 from ._io import atomic_outputs
 from ._progress import fmt_seconds, log
 from .config import Params
@@ -185,11 +186,11 @@ def _evaluation(base: dict, metrics: dict, gate: dict | None) -> list[dict[str, 
 
 def _change(metrics: dict, metric: str) -> str:
     """'+1.44 % (+0.61 to +2.28)': the evaluate stage's change against the base and its 95 % interval."""
-    key = f"change.{metric}_pct"
-    change, low, high = (metrics.get(key + suffix) for suffix in ("", "_ci95_low", "_ci95_high"))
+    change = change_of(metrics, metric)
     if change is None:
         return ""
-    return f"{change:+.2f} %" + (f" ({low:+.2f} to {high:+.2f})" if low is not None and high is not None else "")
+    interval = change.interval
+    return f"{change.pct:+.2f} %" + (f" ({interval[0]:+.2f} to {interval[1]:+.2f})" if interval else "")
 
 
 def _unsettled(gate: dict | None) -> list[str]:

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ._change import change_of
 from ._io import atomic_outputs, write_json
 from ._progress import log
 
@@ -151,15 +152,15 @@ def resolution(record: dict[str, Any], variant_metrics: dict[str, Any]) -> list[
     the change on the other side of the limit, so more held-out windows are needed to tell."""
     rows = []
     for metric, minimum in record["thresholds"].items():
-        key = f"change.{metric}_pct"
-        change, low, high = (variant_metrics.get(key + suffix) for suffix in ("", "_ci95_low", "_ci95_high"))
-        if not metric.endswith(".token_perplexity") or not _finite(change):
+        change = change_of(variant_metrics, metric)
+        if not metric.endswith(".token_perplexity") or change is None:
             continue
         limit = round(100 * (1 / minimum - 1), 4)  # lower is better: recovery >= minimum <=> change <= limit
         passed = not any(f["metric"] == metric for f in record["failures"])
-        settled = None if not (_finite(low) and _finite(high)) else (high <= limit if passed else low > limit)
-        rows.append({"metric": metric, "change_pct": change, "ci95_pct": [low, high], "limit_pct": limit,
-                     "passed": passed, "settled": settled})
+        interval = change.interval
+        settled = None if interval is None else (interval[1] <= limit if passed else interval[0] > limit)
+        rows.append({"metric": metric, "change_pct": change.pct, "ci95_pct": list(interval or (None, None)),
+                     "limit_pct": limit, "passed": passed, "settled": settled})
     return rows
 
 

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .._change import Change
+
 
 def domain_windows(heldout: Path, tokenizer, window: int, max_windows: int) -> dict[str, list[list[int]]]:
     docs: dict[str, list[str]] = {}
@@ -36,7 +38,8 @@ def domain_windows(heldout: Path, tokenizer, window: int, max_windows: int) -> d
 def perplexities(logprobs: list[list[float]], windows: list[list[int]], tokenizer) -> dict[str, Any]:
     """Token perplexity, and from the same sums word perplexity and bits per byte of the scored text (the
     tokens after each window's first): word perplexity magnifies a token-perplexity change by tokens per word."""
-    total = -sum(sum(seq) for seq in logprobs)
+    window_nll = [-sum(seq) for seq in logprobs]
+    total = sum(window_nll)
     count = sum(len(seq) for seq in logprobs)
     texts = [tokenizer.decode(w[1:]) for w in windows]
     words = sum(len(t.split()) for t in texts)
@@ -46,7 +49,7 @@ def perplexities(logprobs: list[list[float]], windows: list[list[int]], tokenize
             "word_perplexity": math.exp(total / words) if words else nan,
             "bits_per_byte": total / (nbytes * math.log(2)) if nbytes else nan, "tokens": count,
             # per window: what a paired comparison with another model on the same windows needs
-            "window_nll": [round(-sum(seq), 6) for seq in logprobs], "window_tokens": [len(seq) for seq in logprobs]}
+            "window_nll": [round(nll, 6) for nll in window_nll], "window_tokens": [len(seq) for seq in logprobs]}
 
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (from scipy.stats.t.ppf(0.975, df)); the
@@ -56,25 +59,33 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.042)
 
 
-def paired_change(base: dict[str, list], variant: dict[str, list]) -> dict[str, Any]:
+def _pct(mean_nll_change: float) -> float:
+    """exp(x) - 1 in %; +inf past what a float holds (a model that puts ~0 probability on the text)."""
+    return round(100 * math.expm1(mean_nll_change), 4) if mean_nll_change < 700 else math.inf
+
+
+def paired_change(base: dict[str, list], variant: dict[str, list]) -> Change:
     """The variant's token-perplexity change against the base on the same windows, in %, with a 95 %
     interval from the windows' spread (paired t over the per-window mean log-likelihood differences).
 
     How far the change could move on other text of the same domain: windows of one text differ by whole
     points (FP8 on the demo's man pages: +0.4 % to +3.6 % per window), so a change measured on a few windows
     near a gate's threshold is not known to be on either side of it. base, variant: {"window_nll": [...],
-    "window_tokens": [...]} of the same windows. The interval is None below two windows."""
+    "window_tokens": [...]} of the same windows. The interval is None below two windows.
+    Raises WindowMismatch where the two were not scored on the same windows."""
     if base["window_tokens"] != variant["window_tokens"]:
-        raise ValueError("the base and the variant were scored on different windows")
+        raise WindowMismatch(f"{len(base['window_tokens'])} windows of {sum(base['window_tokens'])} tokens against "
+                             f"{len(variant['window_tokens'])} of {sum(variant['window_tokens'])}")
     tokens = base["window_tokens"]
     diffs = [(v - b) / t for v, b, t in zip(variant["window_nll"], base["window_nll"], tokens)]
     mean = (sum(variant["window_nll"]) - sum(base["window_nll"])) / sum(tokens)
-    out: dict[str, Any] = {"pct": round(100 * math.expm1(mean), 4), "windows": len(diffs),
-                           "ci95_low_pct": None, "ci95_high_pct": None}
-    if len(diffs) >= 2:
-        centre = sum(diffs) / len(diffs)
-        sd = math.sqrt(sum((d - centre) ** 2 for d in diffs) / (len(diffs) - 1))
-        half = (_T975[len(diffs) - 2] if len(diffs) - 1 <= len(_T975) else 1.96) * sd / math.sqrt(len(diffs))
-        out.update(ci95_low_pct=round(100 * math.expm1(mean - half), 4),
-                   ci95_high_pct=round(100 * math.expm1(mean + half), 4))
-    return out
+    if len(diffs) < 2:
+        return Change(_pct(mean))
+    centre = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - centre) ** 2 for d in diffs) / (len(diffs) - 1))
+    half = (_T975[len(diffs) - 2] if len(diffs) - 1 <= len(_T975) else 1.96) * sd / math.sqrt(len(diffs))
+    return Change(_pct(mean), _pct(mean - half), _pct(mean + half))
+
+
+class WindowMismatch(ValueError):
+    """The base and a variant were scored on different held-out windows, so they do not compare."""

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .._change import change_metrics
 from .._io import atomic_outputs, folder_size, write_json
 from .._progress import fmt_seconds, log
 from ..config import EvalConfig
 from ..errors import ConfigError, EnvironmentSetupError
 from ._closeness import kl_and_agreement
-from ._perplexity import domain_windows, paired_change, perplexities
+from ._perplexity import WindowMismatch, domain_windows, paired_change, perplexities
 from ._tasks import HELDOUT_TASK, check_task_names, write_tasks
 
 STAGE = "evaluate"
@@ -163,11 +164,13 @@ def _changes(model_name: str, base: dict[str, Any] | None, variant: dict[str, An
         if domain not in base:
             raise ConfigError([f"evaluate@{model_name}: the baseline scored no {domain} windows; re-run evaluate_base "
                                "(dvc repro evaluate_base)"])
-        change = paired_change(base[domain], variant[domain])
-        key = f"change.ppl.{domain}.token_perplexity_pct"
-        out[key] = change["pct"]
-        out[key + "_ci95_low"] = change["ci95_low_pct"]
-        out[key + "_ci95_high"] = change["ci95_high_pct"]
+        try:
+            change = paired_change(base[domain], variant[domain])
+        except WindowMismatch as e:
+            raise ConfigError([f"evaluate@{model_name}: the baseline scored other {domain} windows ({e}): the held-out "
+                               "text or eval.perplexity_window(s) changed since evaluate_base ran; re-run it "
+                               "(dvc repro evaluate_base)"]) from None
+        out.update(change_metrics(f"ppl.{domain}.token_perplexity", change))
     return out
 
 

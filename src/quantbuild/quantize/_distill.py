@@ -117,6 +117,7 @@ def distill(out_dir: Path, base_dir: Path, samples: list[list[int]], steps: int,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / steps)
     autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if compute == "bfloat16"
                 else contextlib.nullcontext())
+
     def kl(ids: Any) -> Any:
         with torch.no_grad(), autocast:
             target = teacher(ids).logits.float().log_softmax(-1)
