@@ -92,6 +92,8 @@ def test_metrics_exist_are_finite_and_fp8_recovers(evaluated):
         for key in quality + (speed if engine == "vllm" else ()):
             assert math.isfinite(metrics[key]), key
         assert metrics["eval.engine"] == engine and metrics["eval.dtype"] in ("float32", "bfloat16")
+        if engine == "vllm":  # other processes' share of the CPUs while throughput was measured
+            assert 0 <= metrics["speed.other_cpu_use"] <= 1
     gate = json.loads((project / "build/gate/fp8-dynamic/gate.json").read_text())
     assert 0.97 <= gate["recoveries"]["heldout_perplexity.bits_per_byte"]["recovery"] <= 1.03
     # Each domain's change comes with its 95 % interval over the windows, around the change the recovery

@@ -148,3 +148,39 @@ def test_calibration_batch_size_left_to_the_stage():
     assert calibration_batch_size([2048] * 512, on_gpu=False) == (1, "one sample at a time on a CPU")
     size, why = calibration_batch_size([2048, 2000], on_gpu=True)
     assert size == 1 and "padded" in why
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads Linux's /proc/stat")
+def test_other_cpu_use_counts_other_processes_and_not_our_own():
+    """A busy process outside this one's tree shows as other processes' CPU use; the same work in this
+    process's own child does not (the evaluate stage's engine runs in its own process or a child)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from quantbuild._hardware import OtherCpuUse
+
+    cores = os.cpu_count() or 1
+    burn = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"
+    # a grandchild whose parent exits at once: re-parented, so outside this process's tree
+    spawn = ("import subprocess, sys\n"
+             f"p = subprocess.Popen([sys.executable, '-c', {burn!r}], start_new_session=True)\nprint(p.pid)")
+    pid = int(subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True, check=True).stdout)
+    try:
+        time.sleep(0.3)
+        with OtherCpuUse() as other:
+            time.sleep(1.5)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert other.share is not None and other.share * cores >= 0.6, other.share  # about one core of `cores`
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        time.sleep(0.3)
+        with OtherCpuUse() as own:
+            time.sleep(1.5)
+    finally:
+        child.kill()
+        child.wait()
+    assert own.share is not None and own.share * cores < 0.4, own.share

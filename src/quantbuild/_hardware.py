@@ -105,3 +105,52 @@ def hardware_record() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         pass
     return info
+
+
+# Above this share of the machine's CPUs used by other processes while a throughput figure is measured, the
+# figure is flagged as not comparable: throughput on 2 cores scales with the cores it gets, and an earlier
+# session's figures moved by tens of % when a benchmark ran beside a stage (README "Measured here").
+OTHER_CPU_USE_WARN = 0.10
+
+
+class OtherCpuUse:
+    """CPU time that processes outside this one's tree used while a block ran, as a share of the machine's
+    CPUs (0.5: one of two cores busy with other work), from /proc/stat's busy time less this process's and
+    its descendants' (psutil). `share` is None where either is unreadable (not Linux, no psutil). A child
+    that exits inside the block counts as other work, so the share errs high, never low."""
+
+    def __init__(self) -> None:
+        self.share: float | None = None
+        self._start: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            import psutil
+
+            fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+            me = psutil.Process()
+            own = 0.0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    times = proc.cpu_times()
+                    own += times.user + times.system
+                except psutil.Error:  # exited between listing and reading
+                    pass
+        except (ImportError, OSError, ValueError, IndexError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        user, nice, system, idle, iowait, irq, softirq, steal = fields
+        busy = (user + nice + system + irq + softirq + steal) / tick  # steal: other guests on this host
+        return busy, busy + (idle + iowait) / tick, own
+
+    def __enter__(self) -> OtherCpuUse:
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return
+        busy, total, own = (b - a for a, b in zip(self._start, end))
+        self.share = round(min(1.0, max(0.0, (busy - own) / total)), 3)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import __version__
 from .._change import change_metrics
+from .._hardware import OTHER_CPU_USE_WARN, OtherCpuUse
 from .._io import atomic_outputs, folder_size, write_json
 from .._progress import fmt_seconds, log
 from ..config import EvalConfig
@@ -142,10 +143,17 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
     if with_speed:
         t0 = time.monotonic()
         source = [t for seqs in windows.values() for seq in seqs for t in seq][:8192] or [t for p in probes for t in p]
-        speed = engine.speed(source)
+        with OtherCpuUse() as contention:
+            speed = engine.speed(source)
         timings["throughput_s"] = round(time.monotonic() - t0, 2)
+        if speed and contention.share is not None and contention.share > OTHER_CPU_USE_WARN:
+            log(STAGE, f"{model_name}: WARNING: other processes used {contention.share:.0%} of this machine's CPUs "
+                f"while its throughput was measured: the throughput figures are low by up to that share and do "
+                f"not compare with other runs' (run the evaluation on an otherwise idle machine)")
     info = {"engine": kind, "engine_args": engine.args, "dtype": dtype, "commands": commands, "timings": timings,
             "engine_in_process": engine.in_process}
+    if with_speed:
+        info["throughput_other_cpu_use"] = contention.share
     if kind == "hf":
         info["activation_quantized_modules"] = engine.activation_quant_modules
     del engine
@@ -254,6 +262,8 @@ def evaluate_model(cfg: EvalConfig, model_name: str, model_dir: Path, heldout: P
             level = f"c{row['concurrency']}"
             metrics[f"speed.{level}.output_tokens_per_s"] = row["output_tokens_per_s"]
             metrics[f"speed.{level}.batch_ttft_s"] = row["batch_ttft_s"]
+        if speed:  # the share of the CPUs other processes used meanwhile (_hardware.OtherCpuUse)
+            metrics["speed.other_cpu_use"] = run["info"].get("throughput_other_cpu_use")
         if is_base:
             write_json(results_tmp / "reference.json", {"sequences": probes, "top_logprobs": logprobs,
                                                         "perplexity_windows": run["per_window"]})
