@@ -166,7 +166,13 @@ def test_other_cpu_use_counts_other_processes_and_not_our_own():
     burn = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"
     # a grandchild whose parent exits at once: re-parented, so outside this process's tree
     spawn = ("import subprocess, sys\n"
-             f"p = subprocess.Popen([sys.executable, '-c', {burn!r}], start_new_session=True)\nprint(p.pid)")
+             f"p = subprocess.Popen([sys.executable, '-c', {burn!r}], start_new_session=True, "
+             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint(p.pid)")
+    with OtherCpuUse() as before:  # whatever else this machine is running (a developer's other work)
+        time.sleep(1.5)
+    assert before.share is not None
+    if (1 - before.share) * cores < 1.2:
+        pytest.skip(f"other processes keep {before.share:.0%} of the {cores} CPUs busy: no core free to measure with")
     pid = int(subprocess.run([sys.executable, "-c", spawn], capture_output=True, text=True, check=True).stdout)
     try:
         time.sleep(0.3)
@@ -174,7 +180,7 @@ def test_other_cpu_use_counts_other_processes_and_not_our_own():
             time.sleep(1.5)
     finally:
         os.kill(pid, signal.SIGKILL)
-    assert other.share is not None and other.share * cores >= 0.6, other.share  # about one core of `cores`
+    assert other.share is not None and (other.share - before.share) * cores >= 0.6, (before.share, other.share)
     child = subprocess.Popen([sys.executable, "-c", burn])
     try:
         time.sleep(0.3)
@@ -183,4 +189,4 @@ def test_other_cpu_use_counts_other_processes_and_not_our_own():
     finally:
         child.kill()
         child.wait()
-    assert own.share is not None and own.share * cores < 0.4, own.share
+    assert own.share is not None and (own.share - before.share) * cores < 0.4, (before.share, own.share)
