@@ -37,7 +37,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quantbuild._hardware import cpu_info
-    from quantbuild.evaluate._perplexity import domain_windows, paired_change
+    from quantbuild.evaluate._perplexity import domain_windows, paired_change, perplexities
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=str(ROOT / "build/base/model"))
@@ -82,15 +82,17 @@ def main() -> None:
         return model
 
     def window_nll(model) -> dict[str, dict[str, list]]:
+        """Per-window sums as the evaluate stage records them (_perplexity.perplexities)."""
         out = {}
         with torch.no_grad():
             for domain, seqs in sorted(windows.items()):
-                nll = []
+                logprobs = []
                 for seq in seqs:
                     ids = torch.tensor([seq], device=device)
                     logp = model(ids).logits[0, :-1].float().log_softmax(-1)
-                    nll.append(-float(logp.gather(1, ids[0, 1:, None]).sum()))
-                out[domain] = {"window_nll": nll, "window_tokens": [len(s) - 1 for s in seqs]}
+                    logprobs.append(logp.gather(1, ids[0, 1:, None])[:, 0].tolist())
+                ppl = perplexities(logprobs, seqs, tokenizer)
+                out[domain] = {"window_nll": ppl["window_nll"], "window_tokens": ppl["window_tokens"]}
         return out
 
     def changes(base, variant) -> dict[str, dict[str, dict]]:
