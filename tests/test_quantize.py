@@ -35,6 +35,7 @@ TINY_VARIANTS = {
     "mixed": {"method": "gptq", "backend": "llmcompressor", "group_size": 64, "sym": False,
               "formats": {r"layers\.1\.": "w8a8"}},
     "int8-smooth": {"method": "int8", "smooth_down_proj": True},
+    "int8-rtn": {"method": "int8", "smooth_down_proj": True, "rounding": "rtn"},   # SmoothQuant, then no GPTQ pass
     # AutoRound's tuned rounding, asymmetric (its zero points must reach the checkpoint); 4 steps on 8 samples
     "autoround": {"method": "autoround", "group_size": 64, "sym": False, "iters": 4, "n_samples": 8},
     # gptq-llmc's recipe, then its group scales and norms distilled towards the base (8 steps at a rate that
@@ -45,11 +46,11 @@ TINY_VARIANTS = {
 EXPECTED_FORMAT = {"gptq-w4g64": "gptq", "gptq-llmc": "compressed-tensors", "awq-w4g64": "compressed-tensors",
                    "awq-legacy": "awq", "fp8-dynamic": "compressed-tensors", "int8-w8a8": "compressed-tensors",
                    "levers": "compressed-tensors", "mixed": "compressed-tensors", "int8-smooth": "compressed-tensors",
-                   "autoround": "compressed-tensors", "distilled": "compressed-tensors"}
+                   "int8-rtn": "compressed-tensors", "autoround": "compressed-tensors", "distilled": "compressed-tensors"}
 # Share of the base's linear-layer bytes each method may keep (weights + scales + zero points).
 SIZE_BOUND = {"gptq-w4g64": 0.36, "gptq-llmc": 0.36, "awq-w4g64": 0.36, "awq-legacy": 0.36,
               "fp8-dynamic": 0.55, "int8-w8a8": 0.55, "levers": 0.36, "mixed": 0.45, "int8-smooth": 0.55,
-              "autoround": 0.36, "distilled": 0.36}
+              "int8-rtn": 0.55, "autoround": 0.36, "distilled": 0.36}
 
 
 def params_for(model_dir: Path, variants: dict) -> "object":
@@ -133,6 +134,10 @@ def test_each_method_and_backend_on_the_tiny_model(name, tiny_variants, tiny_lla
         assert {f for m, f in formats.items() if ".layers.1." in m} == {"w8a8"}
         assert {f for m, f in formats.items() if ".layers.0." in m} == {"w4a16-g64-asym"}
         assert qc["format"] == "mixed-precision" or len(qc["config_groups"]) == 2
+    if name == "int8-rtn":  # SmoothQuant's pass over the samples, then no GPTQ: one pass, no dampening
+        recipe = (folder / "model" / record["recipe_file"]).read_text()
+        assert "SmoothQuantModifier" in recipe and "GPTQModifier" not in recipe and "QuantizationModifier" in recipe
+        assert record["settings"]["rounding"] == "rtn" and "damp_percent" not in record["settings"]
     if name == "levers":
         groups = list(qc["config_groups"].values())
         assert groups[0]["weights"]["observer"] == "imatrix_mse" and groups[0]["weights"]["symmetric"] is False
@@ -144,7 +149,8 @@ def test_each_method_and_backend_on_the_tiny_model(name, tiny_variants, tiny_lla
 
 @pytest.mark.parametrize("name,min_cosine,min_top1", [
     ("gptq-llmc", 0.98, 0.95), ("awq-w4g64", 0.98, 0.93), ("fp8-dynamic", 0.995, 0.98), ("int8-w8a8", 0.999, 0.99),
-    ("mixed", 0.98, 0.93), ("levers", 0.98, 0.93), ("int8-smooth", 0.999, 0.99), ("autoround", 0.98, 0.93),
+    ("mixed", 0.98, 0.93), ("levers", 0.98, 0.93), ("int8-smooth", 0.999, 0.99), ("int8-rtn", 0.999, 0.99),
+    ("autoround", 0.98, 0.93),
 ])
 def test_logits_stay_close_to_the_base(name, min_cosine, min_top1, tiny_variants, tiny_llama_dir, tiny_calibration):
     """Full next-token logits through transformers (compressed-tensors decompresses on CPU)."""

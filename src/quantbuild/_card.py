@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._change import change_of
+from ._gate import unsettled
 from ._io import atomic_outputs
 from ._progress import fmt_seconds, log
 from .config import Params
@@ -119,12 +120,14 @@ def _method(record: dict[str, Any]) -> dict[str, Any]:
     elif record["method"] == "fp8":
         title += f" ({s.get('scheme')} activations)"
     elif record["method"] == "int8":
-        title += " W8A8 (SmoothQuant + GPTQ)" if s.get("scheme") == "w8a8" else f" {s.get('scheme')}"
+        rounding = "round to nearest" if s.get("rounding") == "rtn" else "GPTQ"
+        title += f" W8A8 (SmoothQuant + {rounding})" if s.get("scheme") == "w8a8" else f" {s.get('scheme')} ({rounding})"
     labels = {"bits": "Bits", "group_size": "Group size", "sym": "Symmetric", "damp_percent": "Damping",
               "iters": "AutoRound steps per layer",
               "desc_act": "Act-order (desc_act)", "batch_size": "Calibration batch size", "scheme": "Scheme",
               "kv_cache_dtype": "KV cache dtype", "observer": "Observer (range search)", "transforms": "Transforms",
               "smoothing_strength": "SmoothQuant strength", "smooth_down_proj": "SmoothQuant up_proj -> down_proj",
+              "rounding": "Weight rounding",
               "max_bits_per_weight": "Bits-per-weight budget",
               "distill_steps": "Distillation steps after GPTQ (group scales and norms tuned towards the base's "
                                "next-token distributions on the calibration samples)",
@@ -197,7 +200,7 @@ def _unsettled(gate: dict | None) -> list[str]:
     """The gated verdicts whose 95 % interval spans the limit (_gate.resolution)."""
     return [f"`{row['metric']}` {'passes' if row['passed'] else 'fails'} at {row['change_pct']:+.2f} % against "
             f"+{row['limit_pct']:.2f} %, interval {row['ci95_pct'][0]:+.2f} to {row['ci95_pct'][1]:+.2f} %"
-            for row in (gate or {}).get("resolution", []) if row["settled"] is False]
+            for row in unsettled(gate)]
 
 
 def _summary(metrics: dict, gate: dict | None) -> str:

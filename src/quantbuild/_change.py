@@ -29,8 +29,13 @@ def change_key(metric: str) -> str:
     return f"change.{metric}_pct"
 
 
+def finite(value: Any) -> bool:
+    """A real number that is neither NaN nor infinite (True and False are not figures)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _finite_or_none(value: Any) -> float | None:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return value if finite(value) else None
 
 
 def change_metrics(metric: str, change: Change) -> dict[str, float | None]:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from ._change import change_of
+from ._change import change_of, finite
 from ._io import atomic_outputs, write_json
 from ._progress import log
 
@@ -29,10 +28,6 @@ from .errors import EnvironmentSetupError
 LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "kl_mean", "token_perplexity"}
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def recovery(metric: str, base: Any, variant: Any) -> tuple[float | None, str]:
     """(variant / baseline, inverted where lower is better; status). 1.0 means nothing lost.
 
@@ -40,7 +35,7 @@ def recovery(metric: str, base: Any, variant: Any) -> tuple[float | None, str]:
     "uncomputable" (a zero denominator with a non-zero numerator, or a non-positive perplexity)."""
     if base is None or variant is None:
         return None, "missing"
-    if not (_finite(base) and _finite(variant)):
+    if not (finite(base) and finite(variant)):
         return None, "invalid"
     name = metric.rsplit(".", 1)[-1]
     num, den = (base, variant) if name in LOWER_IS_BETTER else (variant, base)
@@ -164,10 +159,16 @@ def resolution(record: dict[str, Any], variant_metrics: dict[str, Any]) -> list[
     return rows
 
 
+def unsettled(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A gate record's resolution rows whose 95 % interval spans the limit (the verdicts more held-out text
+    could turn); what the stage log, the metrics, the card and the selection report."""
+    return [row for row in (record or {}).get("resolution", []) if row["settled"] is False]
+
+
 def gate_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The flat figures `dvc metrics` shows for a gate."""
     out: dict[str, Any] = {"gate.passed": record["passed"], "gate.failures": len(record["failures"]),
-                           "gate.unsettled": sum(1 for row in record.get("resolution", []) if row["settled"] is False)}
+                           "gate.unsettled": len(unsettled(record))}
     for metric, row in record["recoveries"].items():
         out[f"recovery.{metric}"] = row["recovery"]
     return out
@@ -195,12 +196,11 @@ def run_gate(params: Params, name: str, eval_root: Path, out_dir: Path, quantize
         write_json(m, gate_metrics(record))
     for line in describe_failures(name, record):
         log(STAGE, "GATE FAILED: " + line)
-    for row in record["resolution"]:
-        if row["settled"] is False:
-            low, high = row["ci95_pct"]
-            log(STAGE, f"{name}: {row['metric']} {row['change_pct']:+.2f} % against the limit +{row['limit_pct']:.2f} %: "
-                       f"its 95 % interval over the held-out windows ({low:+.2f} % to {high:+.2f} %) spans the limit, "
-                       f"so this {'pass' if row['passed'] else 'failure'} is within the measurement's resolution")
+    for row in unsettled(record):
+        low, high = row["ci95_pct"]
+        log(STAGE, f"{name}: {row['metric']} {row['change_pct']:+.2f} % against the limit +{row['limit_pct']:.2f} %: "
+                   f"its 95 % interval over the held-out windows ({low:+.2f} % to {high:+.2f} %) spans the limit, "
+                   f"so this {'pass' if row['passed'] else 'failure'} is within the measurement's resolution")
     if record["passed"]:
         log(STAGE, f"{name}: passed its quality gate ({len(record['thresholds'])} gated metrics)")
     return record

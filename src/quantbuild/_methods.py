@@ -20,6 +20,7 @@ METHODS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
 GROUP_SIZES = (32, 64, 128, -1)
 RESERVED_NAMES = ("base", "sensitivity", "selection", "calibration", "variants", "cards", "publish", "eval")
 OBSERVERS = ("minmax", "mse", "imatrix_mse")
+ROUNDINGS = ("gptq", "rtn")  # int8's weight rounding
 TRANSFORMS = ("awq", "spinquant")
 COMPUTE_DTYPES = ("auto", "bfloat16", "float32")
 
@@ -34,7 +35,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "autoround": {"bits": 4, "group_size": 128, "sym": True, "batch_size": 8, "iters": 200},
     "fp8": {"bits": 8, "scheme": "dynamic", "kv_cache_dtype": "auto"},
     "int8": {"bits": 8, "scheme": "w8a8", "sym": True, "damp_percent": 0.01, "batch_size": "auto",
-             "smoothing_strength": 0.8},
+             "smoothing_strength": 0.8, "rounding": "gptq"},
     # SpinQuant rotations, then GPTQ W4 asym g64 with imatrix_mse, the most sensitive units at W8A8 (the
     # only 8-bit format vLLM CPU runs) within the budget: the best measured here (README "Measured here");
     # AWQ in place of the rotation costs ~30 min on 2 cores (transforms: [awq] on a GPU runner).
@@ -42,8 +43,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "observer": "imatrix_mse", "transforms": ["spinquant"],
              "candidates": ["w4a16-g64-asym", "w8a8"]},
 }
-LEVERS = ("iters", "observer", "transforms", "smoothing_strength", "smooth_down_proj", "formats", "max_bits_per_weight",
-          "candidates", "max_predicted_kl", "distill_steps", "distill_lr")
+LEVERS = ("iters", "observer", "transforms", "smoothing_strength", "smooth_down_proj", "rounding", "formats",
+          "max_bits_per_weight", "candidates", "max_predicted_kl", "distill_steps", "distill_lr")
 
 
 def resolve_settings(variant: Any) -> dict[str, Any]:
@@ -54,6 +55,8 @@ def resolve_settings(variant: Any) -> dict[str, Any]:
         value = getattr(variant, key)
         if value is not None and value != {} and not (key == "smooth_down_proj" and not value):
             settings[key] = value
+    if settings.get("rounding") == "rtn":
+        del settings["damp_percent"]  # GPTQ's; round-to-nearest has no Hessian to dampen
     settings["backend"] = variant.resolved_backend
     return settings
 

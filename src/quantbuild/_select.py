@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ._gate import unsettled
 from ._io import atomic_outputs, write_json
 from ._progress import log
 
@@ -37,8 +38,7 @@ def select(variants: list[str], gate_root: Path, out_dir: Path) -> dict[str, Any
         gate = json.loads(path.read_text())
         rows.append({"variant": name, "bits_per_weight": gate.get("bits_per_weight"), "quality": _quality(gate),
                      "passed": gate["passed"], "failures": [f["metric"] for f in gate["failures"]],
-                     # verdicts whose 95 % interval over the held-out windows spans the limit (_gate.resolution)
-                     "unsettled": [r["metric"] for r in gate.get("resolution", []) if r["settled"] is False]})
+                     "unsettled": [row["metric"] for row in unsettled(gate)]})
     for row in rows:
         others = [o for o in rows if o is not row and o["quality"] is not None and o["bits_per_weight"] is not None]
         if row["quality"] is None or row["bits_per_weight"] is None:

@@ -24,7 +24,7 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9
 MODEL_SCHEMES = ("hf://", "pkg://", "file://")
 BUILTIN_TEXTS = ("lee-news", "wikipedia", "linux-man-pages", "pydoc-topics")
 
-from ._methods import (COMPUTE_DTYPES, DEFAULTS, GROUP_SIZES, METHODS, OBSERVERS, RESERVED_NAMES,  # noqa: E402,F401
+from ._methods import (COMPUTE_DTYPES, DEFAULTS, GROUP_SIZES, METHODS, OBSERVERS, RESERVED_NAMES, ROUNDINGS,  # noqa: E402,F401
                        TRANSFORMS)
 
 
@@ -180,6 +180,9 @@ class VariantConfig:
     transforms: Optional[list[str]] = None     # None: the method's default ([] to turn them off)
     smoothing_strength: Optional[float] = None
     smooth_down_proj: bool = False
+    # int8: how the 8-bit weights are rounded after SmoothQuant. gptq (the default) walks the layers a second
+    # time for the Hessians; rtn (round to nearest, per channel) needs no second pass.
+    rounding: Optional[str] = None
     formats: dict[str, str] = field(default_factory=dict)   # module regex -> format name (_formats.FORMATS)
     # method auto: per-module formats chosen from the sensitivity stage under this budget.
     max_bits_per_weight: Optional[float] = None
@@ -307,6 +310,14 @@ class VariantConfig:
                          "(or remove the key)")
         if self.smooth_down_proj and self.method != "int8":
             problems.add(f"{path}.smooth_down_proj", "is a SmoothQuant mapping for method int8 (remove the key)")
+        if self.rounding is not None and self.method != "int8":
+            problems.add(f"{path}.rounding", f"chooses how method int8 rounds its weights; {self.method} has its own "
+                         "(remove the key)")
+        elif self.rounding is not None and self.rounding not in ROUNDINGS:
+            problems.add(f"{path}.rounding", f"unknown rounding {show(self.rounding)}"
+                         f"{did_you_mean(str(self.rounding), ROUNDINGS)}; choose {' or '.join(ROUNDINGS)}")
+        elif self.rounding == "rtn" and self.damp_percent is not None:
+            problems.add(f"{path}.damp_percent", "dampens GPTQ's Hessian; rounding rtn has none (remove the key)")
         if self.smoothing_strength is not None and (self.method != "int8" or not 0.0 < self.smoothing_strength < 1.0):
             problems.add(f"{path}.smoothing_strength", "must be between 0 and 1, for method int8 (0.8 is typical)")
         for pattern, fmt in self.formats.items():

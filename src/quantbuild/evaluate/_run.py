@@ -139,6 +139,8 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
     t0 = time.monotonic()
     logprobs = engine.top_logprobs(probes)
     timings["closeness_probe_s"] = round(time.monotonic() - t0, 2)
+    info = {"engine": kind, "engine_args": engine.args, "dtype": dtype, "commands": commands, "timings": timings,
+            "engine_in_process": engine.in_process}
     speed: list[dict[str, Any]] = []
     if with_speed:
         t0 = time.monotonic()
@@ -146,14 +148,11 @@ def _measure(kind: str, model_name: str, model_dir: Path, cfg: EvalConfig, dtype
         with OtherCpuUse() as contention:
             speed = engine.speed(source)
         timings["throughput_s"] = round(time.monotonic() - t0, 2)
+        info["throughput_other_cpu_use"] = contention.share
         if speed and contention.share is not None and contention.share > OTHER_CPU_USE_WARN:
             log(STAGE, f"{model_name}: WARNING: other processes used {contention.share:.0%} of this machine's CPUs "
                 f"while its throughput was measured: the throughput figures are low by up to that share and do "
                 f"not compare with other runs' (run the evaluation on an otherwise idle machine)")
-    info = {"engine": kind, "engine_args": engine.args, "dtype": dtype, "commands": commands, "timings": timings,
-            "engine_in_process": engine.in_process}
-    if with_speed:
-        info["throughput_other_cpu_use"] = contention.share
     if kind == "hf":
         info["activation_quantized_modules"] = engine.activation_quant_modules
     del engine

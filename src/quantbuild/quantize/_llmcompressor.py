@@ -180,7 +180,11 @@ def build_recipe(job: QuantJob) -> list[Any]:
             if mappings:
                 kwargs["mappings"] = mappings
             recipe.append(SmoothQuantModifier(**kwargs))
-        recipe.append(GPTQModifier(targets="Linear", scheme=preset, ignore=ignore, dampening_frac=s["damp_percent"]))
+        if s.get("rounding") == "rtn":
+            # Per-channel round to nearest: data-free, so SmoothQuant's pass is the only one over the samples.
+            recipe.append(QuantizationModifier(targets="Linear", scheme=preset, ignore=ignore))
+        else:
+            recipe.append(GPTQModifier(targets="Linear", scheme=preset, ignore=ignore, dampening_frac=s["damp_percent"]))
         return recipe
     raise ValueError(method)
 
