@@ -30,14 +30,6 @@ GOAL_S = 30 * 60
 STAGE_LINE = re.compile(r"^Running stage '([^']+)':")
 
 
-def cpu_line() -> tuple[str, dict]:
-    from quantbuild._hardware import BF16_CPU_FLAGS, cpu_info
-
-    cpu = cpu_info()
-    bf16 = [f for f in BF16_CPU_FLAGS if f in cpu["isa"]]
-    return f"{cpu['model']}, {cpu['cores']} cores, bf16 flags: {', '.join(bf16) or 'none (AVX2-class)'}", cpu
-
-
 def fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
@@ -51,7 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", args.rev], cwd=REPO, check=True, capture_output=True,
                             text=True).stdout.strip()
-    cpu_text, cpu = cpu_line()
+    from quantbuild._hardware import cpu_info
+    from setup_time import cpu_line  # beside this file: the same CPU line as the setup benchmark prints
+
+    cpu_text, cpu = cpu_line(), cpu_info()
     work = Path(tempfile.mkdtemp(prefix="qb-first-run-"))
     project = work / "project"
     env = dict(os.environ)
